@@ -1,0 +1,351 @@
+#include "engine/cpu/cpu_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/attention.h"
+#include "engine/cpu/pruning.h"
+#include "engine/cpu/vector_math.h"
+#include "engine/hip/dtype_convert.h"
+#include "engine/hip/refresh_schedule.h"
+#include "engine/status_macros.h"
+
+namespace ihip::engine::cpu {
+
+struct CpuEngine::Step {
+  int64_t position;
+  int num_tokens;
+  KvView kv;
+  std::vector<float> q;  // [T][Hq][D], scaled
+  std::vector<float> o;  // [T][Hq][D]
+  MaskCache cache;       // the layer's cache, updated by a sparse decode
+  AttendOptions options;
+  Interrupt interrupt;
+};
+
+absl::Status CpuEngineOptions::Validate() const {
+  if (max_tokens_per_item < 1) {
+    return absl::InvalidArgumentError("max_tokens_per_item must be >= 1");
+  }
+  if (page_tokens < 8 || page_tokens % 8 != 0) {
+    return absl::InvalidArgumentError("page_tokens must be a positive multiple of 8");
+  }
+  return absl::OkStatus();
+}
+
+CpuEngine::CpuEngine(const CpuEngineOptions& options, PageStore* store)
+    : options_(options), store_(store), pool_(options.num_threads) {}
+
+CpuEngine::~CpuEngine() = default;
+
+absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& model,
+                                       const HipConfig& config) {
+  if (id.empty()) return absl::InvalidArgumentError("sequence_id must not be empty");
+  IHIP_RETURN_IF_ERROR(model.Validate());
+  IHIP_RETURN_IF_ERROR(config.Validate(model.num_layers));
+  auto seq = std::make_shared<Sequence>();
+  seq->id = id;
+  seq->model = model;
+  seq->config = config;
+  seq->geometry = PageGeometry{options_.page_tokens, model.num_kv_heads, model.head_dim,
+                               model.kv_dtype};
+  if (model.rope.mode == RopeMode::kExtend) {
+    seq->rope = std::make_unique<Rope>(model.rope, model.head_dim);
+  }
+  for (int l = 0; l < model.num_layers; ++l) seq->layers.push_back(std::make_unique<LayerState>());
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sequences_.count(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
+  }
+  IHIP_RETURN_IF_ERROR(store_->CreateSequence(id, model.num_layers, seq->geometry));
+  sequences_[id] = std::move(seq);
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::ReleaseSequence(const SequenceId& id) {
+  std::shared_ptr<Sequence> seq;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) {
+      return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+    }
+    seq = it->second;
+    sequences_.erase(it);
+  }
+  // Wait for work in flight on every layer before the pages go.
+  for (auto& layer : seq->layers) std::lock_guard<std::mutex> lock(layer->mu);
+  return store_->DropSequence(id);
+}
+
+absl::StatusOr<std::shared_ptr<CpuEngine::Sequence>> CpuEngine::Find(const SequenceId& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  }
+  return it->second;
+}
+
+absl::StatusOr<SequenceInfo> CpuEngine::GetSequence(const SequenceId& id) const {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
+  SequenceInfo info{seq->id, seq->model, seq->config, {}};
+  for (auto& layer : seq->layers) {
+    std::lock_guard<std::mutex> lock(layer->mu);
+    info.layer_lengths.push_back(layer->length);
+  }
+  return info;
+}
+
+std::vector<SequenceId> CpuEngine::ListSequences() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<SequenceId> ids;
+  for (const auto& [id, unused] : sequences_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+absl::Status CpuEngine::CheckShape(const Sequence& seq, int layer, int num_tokens,
+                                   int64_t position) const {
+  const ModelSpec& m = seq.model;
+  if (layer < 0 || layer >= m.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range [0, ",
+                                                   m.num_layers, ")"));
+  }
+  if (num_tokens < 1 || num_tokens > options_.max_tokens_per_item) {
+    return absl::InvalidArgumentError(absl::StrCat("num_tokens must be in [1, ",
+                                                   options_.max_tokens_per_item, "], got ",
+                                                   num_tokens));
+  }
+  if (position < 0 || position + num_tokens > m.max_context) {
+    return absl::InvalidArgumentError(absl::StrCat("tokens [", position, ", ",
+                                                   position + num_tokens,
+                                                   ") exceed the sequence's max_context ",
+                                                   m.max_context));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::WriteKv(const Sequence& seq, int layer, LayerState& state,
+                                int64_t position, int T, const void* k, const void* v) {
+  if (k == nullptr || v == nullptr) return absl::InvalidArgumentError("k and v are required");
+  const PageGeometry& g = seq.geometry;
+  const int64_t need_pages = (position + T + g.page_tokens - 1) / g.page_tokens;
+  if (need_pages > int64_t(state.pages.size())) {
+    std::vector<std::byte*> fresh;
+    IHIP_RETURN_IF_ERROR(
+        store_->Allocate(seq.id, layer, need_pages - int64_t(state.pages.size()), &fresh));
+    state.pages.insert(state.pages.end(), fresh.begin(), fresh.end());
+  }
+  const size_t row = size_t(g.kv_heads) * g.head_dim;
+  const size_t wire_row_bytes = row * DTypeSize(seq.model.dtype);
+  for (int i = 0; i < T; ++i) {
+    const int64_t t = position + i;
+    std::byte* dst = state.pages[t / g.page_tokens] + size_t(t % g.page_tokens) * g.row_bytes();
+    Convert(seq.model.dtype, static_cast<const std::byte*>(k) + i * wire_row_bytes, g.dtype, dst,
+            row);
+    Convert(seq.model.dtype, static_cast<const std::byte*>(v) + i * wire_row_bytes, g.dtype,
+            dst + g.half_bytes(), row);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::CommitOrAbort(const Sequence& seq, int layer, LayerState& state,
+                                      int64_t length, absl::Status status) {
+  if (status.ok()) status = store_->Commit(seq.id, layer, length);
+  if (status.ok()) {
+    state.length = length;
+    return status;
+  }
+  // Give back what this append allocated; the committed tokens are untouched.
+  const int64_t keep = (state.length + seq.geometry.page_tokens - 1) / seq.geometry.page_tokens;
+  state.pages.resize(std::min<int64_t>(keep, int64_t(state.pages.size())));
+  absl::Status abort = store_->Abort(seq.id, layer);
+  (void)abort;  // the original error is the one to report
+  return status;
+}
+
+absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t position,
+                                 int num_tokens, const void* k, const void* v) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
+  IHIP_RETURN_IF_ERROR(CheckShape(*seq, layer, num_tokens, position));
+  LayerState& state = *seq->layers[layer];
+  std::lock_guard<std::mutex> lock(state.mu);
+  if (position != state.length) {
+    return absl::InvalidArgumentError(absl::StrCat("position ", position, " does not follow layer ",
+                                                   layer, "'s ", state.length,
+                                                   " stored tokens (appends must be contiguous)"));
+  }
+  absl::Status s = WriteKv(*seq, layer, state, position, num_tokens, k, v);
+  IHIP_RETURN_IF_ERROR(CommitOrAbort(*seq, layer, state, position + num_tokens, s));
+  state.cache = MaskCache{};  // next decode step runs every stage
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(item.sequence));
+  IHIP_RETURN_IF_ERROR(CheckShape(*seq, item.layer, item.num_tokens, item.position));
+  if (item.q == nullptr || item.out == nullptr) {
+    return absl::InvalidArgumentError("q and out are required");
+  }
+  const ModelSpec& m = seq->model;
+  const bool append = item.options.append;
+  const int T = item.num_tokens;
+  const int N = int(seq->config.ForLayer(item.layer).stages.size());
+  if (item.options.refresh < kRefreshBySchedule || item.options.refresh > N) {
+    return absl::InvalidArgumentError(absl::StrCat("refresh override must be in [-1, ", N,
+                                                   "], got ", item.options.refresh));
+  }
+  LayerState& state = *seq->layers[item.layer];
+  std::lock_guard<std::mutex> lock(state.mu);
+  if (append && item.position != state.length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "position ", item.position, " does not follow layer ", item.layer, "'s ", state.length,
+        " stored tokens (appends must be contiguous)"));
+  }
+  if (!append && item.position + T > state.length) {
+    return absl::InvalidArgumentError(absl::StrCat("evaluation of positions [", item.position,
+                                                   ", ", item.position + T, ") needs their KV; ",
+                                                   "layer ", item.layer, " has ", state.length,
+                                                   " tokens"));
+  }
+  *result = AttendResult{};
+  if (append) {
+    absl::Status s = WriteKv(*seq, item.layer, state, item.position, T, item.k, item.v);
+    if (!s.ok()) return CommitOrAbort(*seq, item.layer, state, state.length, s);
+  }
+  Step step;
+  step.position = item.position;
+  step.num_tokens = T;
+  step.kv = KvView{state.pages.data(), append ? state.length + T : state.length, seq->geometry};
+  step.q.resize(size_t(T) * m.num_q_heads * m.head_dim);
+  ToFloat(m.dtype, item.q, step.q.size(), step.q.data());
+  Scale(m.scale(), step.q.data(), int(step.q.size()));
+  step.o.resize(step.q.size());
+  step.cache = state.cache;
+  step.options = item.options;
+  step.interrupt = Interrupt{item.options.deadline, item.options.cancelled};
+
+  const LayerConfig& cfg = seq->config.ForLayer(item.layer);
+  absl::Status s;
+  if (item.options.mode == AttentionMode::kDense) {
+    s = Dense(*seq, step, result);
+  } else if (T == 1) {
+    s = Decode(*seq, cfg, step, result);
+  } else {
+    s = Prefill(*seq, cfg, step, result);
+  }
+  if (s.ok()) FromFloat(m.dtype, step.o.data(), step.o.size(), item.out);
+  if (!append) return s;
+  IHIP_RETURN_IF_ERROR(CommitOrAbort(*seq, item.layer, state, state.length + T, s));
+  if (item.options.mode == AttentionMode::kSparse) {
+    if (T == 1) {
+      state.cache = std::move(step.cache);
+      ++state.cache.decode_step;
+    } else {
+      state.cache = MaskCache{};  // s = 0 is the first decode step after a prefill
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::Decode(const Sequence& seq, const LayerConfig& cfg, Step& step,
+                               AttendResult* result) {
+  const int64_t p = step.position;
+  int from = step.options.refresh;
+  if (from == kRefreshBySchedule) {
+    from = step.cache.valid ? StageToRefresh(cfg.stages, step.cache.decode_step) : 1;
+  }
+  if (!step.cache.valid) from = 1;  // nothing cached yet: run every stage
+  std::vector<std::vector<int64_t>> kept;
+  if (from > 0) {
+    PruneInput in;
+    in.kv = &step.kv;
+    in.num_q_heads = seq.model.num_q_heads;
+    in.cfg = &cfg;
+    in.rope = seq.rope.get();
+    in.p_min = p;
+    in.pooled = in.full = PruneQueries{1, step.q.data(), &p};
+    in.interrupt = step.interrupt;
+    IHIP_RETURN_IF_ERROR(RunStages(in, from - 1, &step.cache, &pool_,
+                                   step.options.return_stage_chunks ? &kept : nullptr));
+  }
+  const std::vector<KeyRun> runs = SparseRuns(p, p, cfg, step.cache.blocks);
+  IHIP_RETURN_IF_ERROR(AttendQueries(step.kv, seq.model.num_q_heads, seq.rope.get(),
+                                     {AttentionQuery{step.q.data(), p, &runs, step.o.data()}},
+                                     step.interrupt, &pool_));
+  result->refreshed_from_stage = from;
+  result->attended_keys = CountKeys(runs);
+  if (step.options.return_selected) {
+    result->masks.push_back(MaskInfo{0, 1, step.cache.blocks, std::move(kept)});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::Prefill(const Sequence& seq, const LayerConfig& cfg, Step& step,
+                                AttendResult* result) {
+  const int Hq = seq.model.num_q_heads;
+  const int D = seq.model.head_dim;
+  const size_t qrow = size_t(Hq) * D;
+  for (int b0 = 0; b0 < step.num_tokens; b0 += cfg.query_block) {
+    const int nb = std::min(cfg.query_block, step.num_tokens - b0);
+    const int64_t p_min = step.position + b0;
+    // Stages 1..pooled_stages score with queries mean-pooled over groups of pool_stride.
+    const int ng = (nb + cfg.pool_stride - 1) / cfg.pool_stride;
+    std::vector<float> pooled(ng * qrow, 0.0f);
+    std::vector<int64_t> pooled_pos(ng), full_pos(nb);
+    for (int i = 0; i < nb; ++i) full_pos[i] = p_min + i;
+    for (int g = 0; g < ng; ++g) {
+      const int first = g * cfg.pool_stride;
+      const int count = std::min(cfg.pool_stride, nb - first);
+      pooled_pos[g] = p_min + first;
+      for (int i = first; i < first + count; ++i) {
+        Axpy(1.0f / count, step.q.data() + (b0 + i) * qrow, pooled.data() + g * qrow, int(qrow));
+      }
+    }
+    PruneInput in;
+    in.kv = &step.kv;
+    in.num_q_heads = Hq;
+    in.cfg = &cfg;
+    in.rope = seq.rope.get();
+    in.p_min = p_min;
+    in.pooled = PruneQueries{ng, pooled.data(), pooled_pos.data()};
+    in.full = PruneQueries{nb, step.q.data() + b0 * qrow, full_pos.data()};
+    in.interrupt = step.interrupt;
+    MaskCache block_cache;
+    std::vector<std::vector<int64_t>> kept;
+    IHIP_RETURN_IF_ERROR(RunStages(in, 0, &block_cache, &pool_,
+                                   step.options.return_stage_chunks ? &kept : nullptr));
+    std::vector<std::vector<KeyRun>> runs(nb);
+    std::vector<AttentionQuery> queries(nb);
+    for (int i = 0; i < nb; ++i) {
+      runs[i] = SparseRuns(p_min + i, p_min, cfg, block_cache.blocks);
+      queries[i] = AttentionQuery{step.q.data() + (b0 + i) * qrow, p_min + i, &runs[i],
+                                  step.o.data() + (b0 + i) * qrow};
+      result->attended_keys += CountKeys(runs[i]);
+    }
+    IHIP_RETURN_IF_ERROR(
+        AttendQueries(step.kv, Hq, seq.rope.get(), queries, step.interrupt, &pool_));
+    if (step.options.return_selected) {
+      result->masks.push_back(MaskInfo{b0, nb, block_cache.blocks, std::move(kept)});
+    }
+  }
+  result->refreshed_from_stage = 1;
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::Dense(const Sequence& seq, Step& step, AttendResult* result) {
+  const size_t qrow = size_t(seq.model.num_q_heads) * seq.model.head_dim;
+  std::vector<std::vector<KeyRun>> runs(step.num_tokens);
+  std::vector<AttentionQuery> queries(step.num_tokens);
+  for (int i = 0; i < step.num_tokens; ++i) {
+    const int64_t p = step.position + i;
+    runs[i] = DenseRuns(p);
+    queries[i] = AttentionQuery{step.q.data() + i * qrow, p, &runs[i], step.o.data() + i * qrow};
+    result->attended_keys += p + 1;
+  }
+  return AttendQueries(step.kv, seq.model.num_q_heads, seq.rope.get(), queries, step.interrupt,
+                       &pool_);
+}
+
+}  // namespace ihip::engine::cpu
