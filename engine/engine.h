@@ -34,8 +34,8 @@ struct AttendOptions {
   // counter are read but not changed.
   bool append = true;
   int refresh = kRefreshBySchedule;
-  bool return_selected = false;        // fill AttendResult::masks
-  bool return_stage_chunks = false;    // fill MaskInfo::stage_chunks too (debugging)
+  bool return_selected = false;                  // fill AttendResult::masks
+  bool return_stage_chunks = false;              // fill MaskInfo::stage_chunks too (debugging)
   absl::Time deadline = absl::InfiniteFuture();  // DEADLINE_EXCEEDED past it, nothing appended
   const std::atomic<bool>* cancelled = nullptr;  // CANCELLED when set, nothing appended
 };
@@ -45,8 +45,8 @@ struct AttendOptions {
 struct AttendItem {
   SequenceId sequence;
   int layer = 0;
-  int64_t position = 0;  // first new token; must equal the layer's length
-  int num_tokens = 1;    // T; 1 = decode step, > 1 = prefill chunk
+  int64_t position = 0;     // first new token; must equal the layer's length
+  int num_tokens = 1;       // T; 1 = decode step, > 1 = prefill chunk
   const void* q = nullptr;  // [T, Hq, D]
   const void* k = nullptr;  // [T, Hkv, D]
   const void* v = nullptr;  // [T, Hkv, D]
@@ -94,8 +94,8 @@ class Engine {
 
   // Appends KV without queries (bulk import). Same validation; invalidates the layer's mask
   // cache (the next decode step runs every stage).
-  virtual absl::Status AppendKv(const SequenceId& id, int layer, int64_t position,
-                                int num_tokens, const void* k, const void* v) = 0;
+  virtual absl::Status AppendKv(const SequenceId& id, int layer, int64_t position, int num_tokens,
+                                const void* k, const void* v) = 0;
 
   virtual const char* backend_name() const = 0;
 };

@@ -26,9 +26,12 @@ std::vector<StageSpec> PresetStages(HipPreset preset, RefreshPreset refresh, int
 
 std::vector<int> RefreshIntervals(RefreshPreset preset) {
   switch (preset) {
-    case RefreshPreset::kPaper: return {16, 8, 4};
-    case RefreshPreset::kFast: return {32, 16, 8};
-    case RefreshPreset::kFlash: return {96, 24, 8};
+    case RefreshPreset::kPaper:
+      return {16, 8, 4};
+    case RefreshPreset::kFast:
+      return {32, 16, 8};
+    case RefreshPreset::kFlash:
+      return {96, 24, 8};
   }
   return {16, 8, 4};
 }
@@ -141,9 +144,12 @@ const char* HipPresetName(HipPreset p) { return p == HipPreset::k3K ? "3k" : "5k
 
 const char* RefreshPresetName(RefreshPreset p) {
   switch (p) {
-    case RefreshPreset::kPaper: return "paper";
-    case RefreshPreset::kFast: return "fast";
-    case RefreshPreset::kFlash: return "flash";
+    case RefreshPreset::kPaper:
+      return "paper";
+    case RefreshPreset::kFast:
+      return "fast";
+    case RefreshPreset::kFlash:
+      return "flash";
   }
   return "paper";
 }

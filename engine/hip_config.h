@@ -23,9 +23,9 @@ enum class PruneRopeStyle {
 };
 
 struct StageSpec {
-  int chunk_size = 256;        // tokens per chunk scored; power of two >= 8
-  int kept_tokens = 32768;     // tokens kept after the stage; multiple of chunk_size
-  int refresh_interval = 16;   // decode steps between re-runs of this stage
+  int chunk_size = 256;       // tokens per chunk scored; power of two >= 8
+  int kept_tokens = 32768;    // tokens kept after the stage; multiple of chunk_size
+  int refresh_interval = 16;  // decode steps between re-runs of this stage
 
   int kept_chunks() const { return kept_tokens / chunk_size; }
 };
@@ -50,8 +50,8 @@ struct LayerConfig {
 struct HipConfig {
   HipPreset preset = HipPreset::k3K;
   RefreshPreset refresh = RefreshPreset::kPaper;
-  LayerConfig default_layer;        // every layer not listed below
-  LayerConfig dense_layer;          // the layers in dense_layers
+  LayerConfig default_layer;  // every layer not listed below
+  LayerConfig dense_layer;    // the layers in dense_layers
   std::vector<int> dense_layers = {0, 1, 2};
   std::map<int, LayerConfig> overrides;  // per layer, takes precedence over the above
 

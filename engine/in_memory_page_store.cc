@@ -38,8 +38,8 @@ absl::StatusOr<InMemoryPageStore::Layer*> InMemoryPageStore::FindLayer(const Seq
     return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
   }
   if (layer < 0 || layer >= int(it->second.layers.size())) {
-    return absl::OutOfRangeError(absl::StrCat("layer ", layer, " out of range [0, ",
-                                              it->second.layers.size(), ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("layer ", layer, " out of range [0, ", it->second.layers.size(), ")"));
   }
   return &it->second.layers[layer];
 }
@@ -71,8 +71,8 @@ absl::Status InMemoryPageStore::Commit(const SequenceId& id, int layer, int64_t 
   const int64_t page_tokens = sequences_[id].geometry.page_tokens;
   if (length < l->length || length > int64_t(l->pages.size()) * page_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("commit of length ", length, " outside [",
-                                                   l->length, ", ",
-                                                   l->pages.size() * page_tokens, "]"));
+                                                   l->length, ", ", l->pages.size() * page_tokens,
+                                                   "]"));
   }
   l->length = length;
   return absl::OkStatus();
@@ -96,8 +96,8 @@ absl::StatusOr<int64_t> InMemoryPageStore::Length(const SequenceId& id, int laye
   return l->length;
 }
 
-absl::Status InMemoryPageStore::Pin(const SequenceId& id, int layer, int64_t first,
-                                    int64_t count, std::vector<std::byte*>* pages) {
+absl::Status InMemoryPageStore::Pin(const SequenceId& id, int layer, int64_t first, int64_t count,
+                                    std::vector<std::byte*>* pages) {
   std::lock_guard<std::mutex> lock(mu_);
   IHIP_ASSIGN_OR_RETURN(Layer * l, FindLayer(id, layer));
   if (first < 0 || count < 0 || first + count > int64_t(l->pages.size())) {

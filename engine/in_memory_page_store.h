@@ -19,8 +19,7 @@ class InMemoryPageStore final : public PageStore {
   // RESOURCE_EXHAUSTED.
   explicit InMemoryPageStore(int64_t capacity_bytes = 0) : capacity_bytes_(capacity_bytes) {}
 
-  absl::Status CreateSequence(const SequenceId& id, int num_layers,
-                              const PageGeometry& g) override;
+  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g) override;
   absl::Status DropSequence(const SequenceId& id) override;
   absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
                         std::vector<std::byte*>* pages) override;

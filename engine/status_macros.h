@@ -9,10 +9,10 @@
 #define IHIP_STATUS_CONCAT_(a, b) IHIP_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the current function if `expr` (an absl::Status) is not OK.
-#define IHIP_RETURN_IF_ERROR(expr)                  \
-  do {                                              \
-    const ::absl::Status ihip_status_ = (expr);     \
-    if (!ihip_status_.ok()) return ihip_status_;    \
+#define IHIP_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    const ::absl::Status ihip_status_ = (expr);  \
+    if (!ihip_status_.ok()) return ihip_status_; \
   } while (false)
 
 // `IHIP_ASSIGN_OR_RETURN(auto x, FuncReturningStatusOr());`

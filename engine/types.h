@@ -38,20 +38,20 @@ struct Llama3Scaling {
 
 struct RopeSpec {
   RopeMode mode = RopeMode::kNone;
-  double theta = 10000.0;                 // base of the inverse frequencies
+  double theta = 10000.0;               // base of the inverse frequencies
   std::optional<Llama3Scaling> llama3;  // absent: plain RoPE
 };
 
 // The shape of the model a sequence serves.
 struct ModelSpec {
   int num_layers = 1;
-  int num_q_heads = 32;   // Hq
-  int num_kv_heads = 8;   // Hkv; divides Hq
-  int head_dim = 128;     // D: 64, 128 or 256
+  int num_q_heads = 32;           // Hq
+  int num_kv_heads = 8;           // Hkv; divides Hq
+  int head_dim = 128;             // D: 64, 128 or 256
   DType dtype = DType::kBF16;     // wire dtype of q, k, v, o
   DType kv_dtype = DType::kBF16;  // KV storage dtype
   RopeSpec rope;
-  std::optional<float> softmax_scale;  // default 1/sqrt(D)
+  std::optional<float> softmax_scale;      // default 1/sqrt(D)
   int64_t max_context = int64_t{1} << 22;  // tokens per layer
 
   int group() const { return num_q_heads / num_kv_heads; }

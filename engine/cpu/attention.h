@@ -21,7 +21,7 @@ struct AttentionQuery {
   const float* q = nullptr;  // [Hq][D] fp32, softmax scale folded in, before RoPE in extend mode
   int64_t position = 0;      // the query's true position
   const std::vector<KeyRun>* runs = nullptr;
-  float* out = nullptr;      // [Hq][D] fp32
+  float* out = nullptr;  // [Hq][D] fp32
 };
 
 // Computes every query's output; parallel over (query, kv head). `rope` null in `none` mode.

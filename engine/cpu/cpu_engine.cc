@@ -47,8 +47,8 @@ absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& mo
   seq->id = id;
   seq->model = model;
   seq->config = config;
-  seq->geometry = PageGeometry{options_.page_tokens, model.num_kv_heads, model.head_dim,
-                               model.kv_dtype};
+  seq->geometry =
+      PageGeometry{options_.page_tokens, model.num_kv_heads, model.head_dim, model.kv_dtype};
   if (model.rope.mode == RopeMode::kExtend) {
     seq->rope = std::make_unique<Rope>(model.rope, model.head_dim);
   }
@@ -109,25 +109,23 @@ absl::Status CpuEngine::CheckShape(const Sequence& seq, int layer, int num_token
                                    int64_t position) const {
   const ModelSpec& m = seq.model;
   if (layer < 0 || layer >= m.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range [0, ",
-                                                   m.num_layers, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, " is out of range [0, ", m.num_layers, ")"));
   }
   if (num_tokens < 1 || num_tokens > options_.max_tokens_per_item) {
-    return absl::InvalidArgumentError(absl::StrCat("num_tokens must be in [1, ",
-                                                   options_.max_tokens_per_item, "], got ",
-                                                   num_tokens));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_tokens must be in [1, ", options_.max_tokens_per_item, "], got ", num_tokens));
   }
   if (position < 0 || position + num_tokens > m.max_context) {
-    return absl::InvalidArgumentError(absl::StrCat("tokens [", position, ", ",
-                                                   position + num_tokens,
-                                                   ") exceed the sequence's max_context ",
-                                                   m.max_context));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokens [", position, ", ", position + num_tokens,
+                     ") exceed the sequence's max_context ", m.max_context));
   }
   return absl::OkStatus();
 }
 
-absl::Status CpuEngine::WriteKv(const Sequence& seq, int layer, LayerState& state,
-                                int64_t position, int T, const void* k, const void* v) {
+absl::Status CpuEngine::WriteKv(const Sequence& seq, int layer, LayerState& state, int64_t position,
+                                int T, const void* k, const void* v) {
   if (k == nullptr || v == nullptr) return absl::InvalidArgumentError("k and v are required");
   const PageGeometry& g = seq.geometry;
   const int64_t need_pages = (position + T + g.page_tokens - 1) / g.page_tokens;
@@ -165,8 +163,8 @@ absl::Status CpuEngine::CommitOrAbort(const Sequence& seq, int layer, LayerState
   return status;
 }
 
-absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t position,
-                                 int num_tokens, const void* k, const void* v) {
+absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t position, int num_tokens,
+                                 const void* k, const void* v) {
   IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
   IHIP_RETURN_IF_ERROR(CheckShape(*seq, layer, num_tokens, position));
   LayerState& state = *seq->layers[layer];
@@ -193,21 +191,20 @@ absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
   const int T = item.num_tokens;
   const int N = int(seq->config.ForLayer(item.layer).stages.size());
   if (item.options.refresh < kRefreshBySchedule || item.options.refresh > N) {
-    return absl::InvalidArgumentError(absl::StrCat("refresh override must be in [-1, ", N,
-                                                   "], got ", item.options.refresh));
+    return absl::InvalidArgumentError(
+        absl::StrCat("refresh override must be in [-1, ", N, "], got ", item.options.refresh));
   }
   LayerState& state = *seq->layers[item.layer];
   std::lock_guard<std::mutex> lock(state.mu);
   if (append && item.position != state.length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "position ", item.position, " does not follow layer ", item.layer, "'s ", state.length,
-        " stored tokens (appends must be contiguous)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("position ", item.position, " does not follow layer ", item.layer, "'s ",
+                     state.length, " stored tokens (appends must be contiguous)"));
   }
   if (!append && item.position + T > state.length) {
-    return absl::InvalidArgumentError(absl::StrCat("evaluation of positions [", item.position,
-                                                   ", ", item.position + T, ") needs their KV; ",
-                                                   "layer ", item.layer, " has ", state.length,
-                                                   " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("evaluation of positions [", item.position, ", ", item.position + T,
+                     ") needs their KV; ", "layer ", item.layer, " has ", state.length, " tokens"));
   }
   *result = AttendResult{};
   if (append) {
@@ -314,8 +311,8 @@ absl::Status CpuEngine::Prefill(const Sequence& seq, const LayerConfig& cfg, Ste
     in.interrupt = step.interrupt;
     MaskCache block_cache;
     std::vector<std::vector<int64_t>> kept;
-    IHIP_RETURN_IF_ERROR(RunStages(in, 0, &block_cache, &pool_,
-                                   step.options.return_stage_chunks ? &kept : nullptr));
+    IHIP_RETURN_IF_ERROR(
+        RunStages(in, 0, &block_cache, &pool_, step.options.return_stage_chunks ? &kept : nullptr));
     std::vector<std::vector<KeyRun>> runs(nb);
     std::vector<AttentionQuery> queries(nb);
     for (int i = 0; i < nb; ++i) {

@@ -18,9 +18,9 @@
 namespace ihip::engine::cpu {
 
 struct CpuEngineOptions {
-  int num_threads = 0;               // worker threads; 0 = one per hardware thread
-  int max_tokens_per_item = 65536;   // T above this is INVALID_ARGUMENT (bounds one call's memory)
-  int page_tokens = 64;              // tokens per KV page (DESIGN §4)
+  int num_threads = 0;              // worker threads; 0 = one per hardware thread
+  int max_tokens_per_item = 65536;  // T above this is INVALID_ARGUMENT (bounds one call's memory)
+  int page_tokens = 64;             // tokens per KV page (DESIGN §4)
   absl::Status Validate() const;
 };
 
@@ -45,8 +45,8 @@ class CpuEngine final : public Engine {
  private:
   struct LayerState {
     std::mutex mu;
-    int64_t length = 0;              // committed tokens
-    std::vector<std::byte*> pages;   // block table of the pages this engine holds pinned
+    int64_t length = 0;             // committed tokens
+    std::vector<std::byte*> pages;  // block table of the pages this engine holds pinned
     MaskCache cache;
   };
   struct Sequence {

@@ -95,8 +95,8 @@ std::vector<float> ScoreChunks(const PruneInput& in, int stage, const std::vecto
   return scores;
 }
 
-std::vector<int64_t> TopChunks(const std::vector<float>& scores,
-                               const std::vector<int64_t>& chunks, int64_t keep) {
+std::vector<int64_t> TopChunks(const std::vector<float>& scores, const std::vector<int64_t>& chunks,
+                               int64_t keep) {
   std::vector<int64_t> idx;
   idx.reserve(scores.size());
   for (int64_t i = 0; i < int64_t(scores.size()); ++i) {

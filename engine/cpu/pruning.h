@@ -45,8 +45,8 @@ std::vector<float> ScoreChunks(const PruneInput& in, int stage, const std::vecto
                                ThreadPool* pool);
 
 // Indices of the `keep` best active chunks: higher score first, then lower token index.
-std::vector<int64_t> TopChunks(const std::vector<float>& scores,
-                               const std::vector<int64_t>& chunks, int64_t keep);
+std::vector<int64_t> TopChunks(const std::vector<float>& scores, const std::vector<int64_t>& chunks,
+                               int64_t keep);
 
 // Runs stages from_stage..N-1 (0-based). Stage 0 takes Stage1Candidates(p_min); a later stage
 // takes cache->stage_inputs[from_stage]. Updates cache->stage_inputs of the stages after

@@ -10,9 +10,9 @@
 namespace ihip::engine::cpu {
 
 struct Representative {
-  bool active = false;  // false for an empty range
+  bool active = false;                                    // false for an empty range
   float score = -std::numeric_limits<float>::infinity();  // max over the winning probes
-  int64_t token = -1;   // the token the search ends on
+  int64_t token = -1;                                     // the token the search ends on
 };
 
 template <class Probe>

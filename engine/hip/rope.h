@@ -31,8 +31,7 @@ class Rope {
   void Step(double* cos, double* sin) const;
   // Rotates `x` [D] by position `pos` (or by the given angles) into `out` (may alias x).
   void Rotate(const float* x, int64_t pos, float* out) const;
-  static void RotateWith(const float* x, const float* cos, const float* sin, int half,
-                         float* out);
+  static void RotateWith(const float* x, const float* cos, const float* sin, int half, float* out);
 
  private:
   int head_dim_;

@@ -72,9 +72,8 @@ DecodeAccuracy EvaluateDecode(const SyntheticData& data, int query,
         std::vector<int64_t> idx;
         for (int64_t t = middle_begin; t < middle_end; ++t) idx.push_back(t);
         const int64_t kk = std::min<int64_t>(topk, int64_t(idx.size()));
-        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(), [&](int64_t a, int64_t b) {
-          return s[a] != s[b] ? s[a] > s[b] : a < b;
-        });
+        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(),
+                          [&](int64_t a, int64_t b) { return s[a] != s[b] ? s[a] > s[b] : a < b; });
         int64_t hit = 0;
         for (int64_t i = 0; i < kk; ++i) hit += selected[idx[i]];
         topk_recall[h] = kk > 0 ? double(hit) / double(kk) : 1.0;

@@ -37,8 +37,8 @@ class Rng {
   // Approximately N(0, 1): Irwin–Hall sum of the four 16-bit parts of one draw.
   float Normal() {
     const uint64_t r = Next();
-    const float sum = float(r & 0xffff) + float((r >> 16) & 0xffff) + float((r >> 32) & 0xffff) +
-                      float(r >> 48);
+    const float sum =
+        float(r & 0xffff) + float((r >> 16) & 0xffff) + float((r >> 32) & 0xffff) + float(r >> 48);
     constexpr float kMean = 2.0f * 65535.0f;
     constexpr float kInvStd = 1.7320508f / 65535.0f;  // var of one part: 65535^2 / 12
     return (sum - kMean) * kInvStd;
@@ -54,7 +54,8 @@ enum Stream : uint64_t { kQueries = 1, kNeedle = 2, kKeys = 100, kValues = 10000
 
 template <class Fn>
 void ParallelOverHeads(int heads, Fn fn) {
-  const int threads = int(std::min<unsigned>(heads, std::max(1u, std::thread::hardware_concurrency())));
+  const int threads =
+      int(std::min<unsigned>(heads, std::max(1u, std::thread::hardware_concurrency())));
   std::vector<std::thread> pool;
   for (int w = 0; w < threads; ++w) {
     pool.emplace_back([&, w] {
@@ -191,7 +192,7 @@ SyntheticData Generate(const SyntheticOptions& o, const std::function<void(doubl
   });
   report(0.7);
 
-  const int64_t p0 = o.length - o.num_queries;  // first query's position
+  const int64_t p0 = o.length - o.num_queries;          // first query's position
   const int64_t middle_end = p0 - o.window_tokens + 1;  // exclusive
   std::vector<GroupNudge> nudges;
   for (int g = 0; g < Hkv; ++g) nudges.emplace_back(qf.data() + size_t(g) * group * D, group, D);

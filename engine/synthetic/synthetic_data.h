@@ -45,26 +45,26 @@ struct SyntheticOptions {
   int hot_sink_tokens = 4;
   double sink_logit = 6.0;
   bool plant_needle = true;
-  double needle_margin = 3.0;     // nats above every other middle key
-  int64_t needle_token = -1;      // first token of the needle (multiple of 8); -1 = random
+  double needle_margin = 3.0;  // nats above every other middle key
+  int64_t needle_token = -1;   // first token of the needle (multiple of 8); -1 = random
   int passage_radius = 128;
   double passage_logit = 4.0;
-  int sink_tokens = 256;          // the layer's sink and window: where the middle is
+  int sink_tokens = 256;  // the layer's sink and window: where the middle is
   int window_tokens = 1024;
 };
 
 struct SyntheticData {
   SyntheticOptions options;
-  float scale = 0;                // softmax scale used (1/sqrt(D))
-  std::vector<std::byte> k;       // [length][Hkv][D] in options.dtype
-  std::vector<std::byte> v;       // [length][Hkv][D]
-  std::vector<std::byte> q;       // [num_queries][Hq][D]
-  int64_t needle_token = -1;      // first token of the needle block, -1 without a needle
-  double achieved_margin = 0;     // min over heads of needle logit - best other middle logit
+  float scale = 0;             // softmax scale used (1/sqrt(D))
+  std::vector<std::byte> k;    // [length][Hkv][D] in options.dtype
+  std::vector<std::byte> v;    // [length][Hkv][D]
+  std::vector<std::byte> q;    // [num_queries][Hq][D]
+  int64_t needle_token = -1;   // first token of the needle block, -1 without a needle
+  double achieved_margin = 0;  // min over heads of needle logit - best other middle logit
 
   int64_t query_position(int i) const { return options.length - options.num_queries + i; }
-  size_t kv_row_bytes() const;    // bytes of one token's k (or v)
-  size_t q_row_bytes() const;     // bytes of one token's q
+  size_t kv_row_bytes() const;  // bytes of one token's k (or v)
+  size_t q_row_bytes() const;   // bytes of one token's q
   const std::byte* k_at(int64_t t) const { return k.data() + t * kv_row_bytes(); }
   const std::byte* v_at(int64_t t) const { return v.data() + t * kv_row_bytes(); }
   const std::byte* q_at(int i) const { return q.data() + i * q_row_bytes(); }

@@ -60,8 +60,8 @@ int RunDemoNeedle() {
   std::printf("  model: Llama-3-8B layer shape (Hq 32, Hkv 8, D 128, bf16), layer %d of 32\n",
               layer);
   std::printf("  config: preset %s, refresh %s; sink %d, window %d, final %d tokens\n",
-              engine::HipPresetName(*preset), engine::RefreshPresetName(*refresh),
-              cfg.sink_tokens, cfg.window_tokens, cfg.final_tokens());
+              engine::HipPresetName(*preset), engine::RefreshPresetName(*refresh), cfg.sink_tokens,
+              cfg.window_tokens, cfg.final_tokens());
 
   engine::synthetic::SyntheticOptions so;
   so.length = context;
@@ -70,8 +70,7 @@ int RunDemoNeedle() {
   so.sink_tokens = cfg.sink_tokens;
   so.window_tokens = cfg.window_tokens;
   ProgressBar gen_bar("building context");
-  const auto data =
-      engine::synthetic::Generate(so, [&](double f) { gen_bar.Update(f); });
+  const auto data = engine::synthetic::Generate(so, [&](double f) { gen_bar.Update(f); });
   gen_bar.Done();
 
   engine::InMemoryPageStore store;
@@ -95,8 +94,9 @@ int RunDemoNeedle() {
   // dense over the same KV, then the sparse step again with the cached mask.
   const size_t out_elems = size_t(model.num_q_heads) * model.head_dim;
   std::vector<uint16_t> o_sparse(out_elems), o_dense(out_elems), o_cached(out_elems);
-  AttendItem item{"demo", layer, prefix, 1, data.q_at(0), data.k_at(prefix), data.v_at(prefix),
-                  o_sparse.data(), {}};
+  AttendItem item{
+      "demo",          layer, prefix, 1, data.q_at(0), data.k_at(prefix), data.v_at(prefix),
+      o_sparse.data(), {}};
   item.options.return_selected = item.options.return_stage_chunks = true;
   AttendResult sparse;
   absl::Time t0 = absl::Now();
@@ -129,20 +129,20 @@ int RunDemoNeedle() {
       engine::synthetic::EvaluateDecode(data, 0, mask.blocks, cfg, fs.data(), fd.data());
 
   const int64_t needle = data.needle_token;
-  std::printf("\n  context: %lld tokens; needle: tokens [%lld, %lld) = block %lld "
-              "(depth %.1f%%), margin %.2f nats\n",
-              (long long)context, (long long)needle, (long long)needle + 8,
-              (long long)needle / 8, 100.0 * double(needle) / double(context),
-              data.achieved_margin);
+  std::printf(
+      "\n  context: %lld tokens; needle: tokens [%lld, %lld) = block %lld "
+      "(depth %.1f%%), margin %.2f nats\n",
+      (long long)context, (long long)needle, (long long)needle + 8, (long long)needle / 8,
+      100.0 * double(needle) / double(context), data.achieved_margin);
   for (size_t s = 0; s < mask.stage_chunks.size(); ++s) {
     const int size = cfg.stages[s].chunk_size;
     const auto& kept = mask.stage_chunks[s];
-    const bool has = std::any_of(kept.begin(), kept.end(), [&](int64_t l) {
-      return needle >= l && needle < l + size;
-    });
-    std::printf("  stage %zu: chunks of %3d tokens, kept %4zu (%6zu tokens); needle's chunk "
-                "kept: %s\n",
-                s + 1, size, kept.size(), kept.size() * size, has ? "yes" : "NO");
+    const bool has = std::any_of(kept.begin(), kept.end(),
+                                 [&](int64_t l) { return needle >= l && needle < l + size; });
+    std::printf(
+        "  stage %zu: chunks of %3d tokens, kept %4zu (%6zu tokens); needle's chunk "
+        "kept: %s\n",
+        s + 1, size, kept.size(), kept.size() * size, has ? "yes" : "NO");
   }
   std::printf("  selected: %zu blocks of 8; attended keys per head: %lld of %lld\n",
               mask.blocks.size(), (long long)sparse.attended_keys, (long long)context);
