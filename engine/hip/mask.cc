@@ -59,10 +59,11 @@ std::vector<KeyRun> SparseRuns(int64_t p, int64_t p_min, const LayerConfig& cfg,
     const int64_t end = std::min<int64_t>(blocks[m] * 8 + 8, window_begin);
     if (begin >= end) continue;
     const int64_t pos_begin = pos.selected_base + 8 * int64_t(m) + (begin - blocks[m] * 8);
-    if (!runs.empty() && runs.back().end == begin &&
-        runs.back().pos_begin + (begin - runs.back().begin) == pos_begin && runs.size() > 0 &&
-        runs.back().begin >= cfg.sink_tokens) {
-      runs.back().end = end;  // merge contiguous blocks
+    // Merge with the previous selected run when tokens and positions both continue (never
+    // with the sink run, whose positions are clamped).
+    if (!runs.empty() && runs.back().begin >= cfg.sink_tokens && runs.back().end == begin &&
+        runs.back().pos_begin + (begin - runs.back().begin) == pos_begin) {
+      runs.back().end = end;
     } else {
       runs.push_back({begin, end, pos_begin});
     }
