@@ -1,0 +1,76 @@
+#pragma once
+
+// DiskTier: the kvstore's disk tier on RocksDB — the only code that includes RocksDB. Page bytes
+// are values (in blob files), keyed by fixed-width big-endian (sequence, layer, page) so that one
+// sequence is one contiguous key range; each sequence's manifest is a value of its own. Key
+// format in DISK_FORMAT.md beside this file. Thread-safe (RocksDB is).
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace ihip::kvstore {
+
+struct DiskTierOptions {
+  std::string path;               // RocksDB directory; created if missing
+  bool sync = false;              // fsync every write: survives power loss; off, a write survives
+                                  // a crash of the process (it is in the OS page cache)
+  bool blob_files = true;         // page values in blob files (no rewrite on compaction)
+  uint64_t min_blob_size = 4096;  // values at least this large go to blob files
+  bool direct_reads = true;       // O_DIRECT page reads: fetch-back measures the disk, not the
+                                  // page cache (falls back to buffered where unsupported)
+  bool direct_writes = true;      // O_DIRECT for flush and compaction
+  int background_jobs = 2;        // flush + compaction threads
+  uint64_t write_buffer_bytes = 64ull << 20;  // memtable size
+  absl::Status Validate() const;
+};
+
+struct PageKey {
+  uint64_t sequence = 0;
+  uint32_t layer = 0;
+  uint32_t page = 0;
+};
+
+class DiskTier {
+ public:
+  static absl::StatusOr<std::unique_ptr<DiskTier>> Open(const DiskTierOptions& options);
+  ~DiskTier();
+
+  // Writes pages and, when `manifest` is non-null, the manifest of `manifest_sequence`, as one
+  // atomic batch.
+  struct PageWrite {
+    PageKey key;
+    const void* data = nullptr;
+    size_t bytes = 0;
+  };
+  absl::Status Write(const std::vector<PageWrite>& pages, uint64_t manifest_sequence = 0,
+                     const std::string* manifest = nullptr);
+  // Reads one page into `out` (exactly `bytes`): NOT_FOUND if absent, DATA_LOSS if the stored
+  // value has another size.
+  absl::Status ReadPage(const PageKey& key, void* out, size_t bytes);
+  // Deletes one page (no error if absent).
+  absl::Status DeletePage(const PageKey& key);
+  // Deletes every page and the manifest of a sequence.
+  absl::Status DeleteSequence(uint64_t sequence);
+  // Every stored manifest, by sequence.
+  absl::StatusOr<std::vector<std::pair<uint64_t, std::string>>> ListManifests();
+  // Full manual compaction (admin "Compact").
+  absl::Status Compact();
+  // RocksDB statistics for /metrics: ticker name -> count (e.g. "rocksdb.bytes.written") and a
+  // few properties (e.g. "rocksdb.estimate-live-data-size", "rocksdb.total-blob-file-size").
+  std::map<std::string, uint64_t> Statistics() const;
+
+ private:
+  struct Impl;
+  explicit DiskTier(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ihip::kvstore
