@@ -10,9 +10,11 @@
 
 #include "kvstore/disk_tier.h"
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -217,7 +219,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierOptions& 
 }
 
 absl::Status DiskTier::Write(const std::vector<PageWrite>& pages, uint64_t manifest_sequence,
-                             const std::string* manifest) {
+                             const std::string* manifest, bool write_ahead_log) {
   // Validate everything before building the batch: a bad page writes nothing.
   for (const PageWrite& p : pages) {
     if (p.bytes == 0 || p.data == nullptr) {
@@ -236,8 +238,43 @@ absl::Status DiskTier::Write(const std::vector<PageWrite>& pages, uint64_t manif
     rocksdb::Status s = batch.Put(ManifestKeyString(manifest_sequence), *manifest);
     if (!s.ok()) return FromRocks(s, absl::StrCat("batch put manifest ", manifest_sequence));
   }
-  return FromRocks(impl_->db->Write(impl_->write_options, &batch),
-                   absl::StrCat("write of ", pages.size(), " pages"));
+  rocksdb::WriteOptions wo = impl_->write_options;
+  if (!write_ahead_log) {
+    wo.disableWAL = true;
+    wo.sync = false;
+  }
+  return FromRocks(impl_->db->Write(wo, &batch), absl::StrCat("write of ", pages.size(), " pages"));
+}
+
+absl::Status DiskTier::ReadPages(const std::vector<PageKey>& keys, const std::vector<void*>& outs,
+                                 size_t bytes, int threads) {
+  if (keys.size() != outs.size()) {
+    return absl::InvalidArgumentError("disk tier: ReadPages needs one buffer per key");
+  }
+  const size_t n = keys.size();
+  const size_t workers = std::min<size_t>(std::max(1, threads), n);
+  if (workers <= 1) {
+    for (size_t i = 0; i < n; ++i) {
+      absl::Status s = ReadPage(keys[i], outs[i], bytes);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  std::atomic<size_t> next{0};
+  std::vector<absl::Status> errors(workers);
+  std::vector<std::thread> pool;
+  for (size_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&, w] {
+      for (size_t i = next++; i < n && errors[w].ok(); i = next++) {
+        errors[w] = ReadPage(keys[i], outs[i], bytes);
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  for (const absl::Status& s : errors) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DiskTier::ReadPage(const PageKey& key, void* out, size_t bytes) {

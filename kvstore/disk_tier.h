@@ -50,11 +50,17 @@ class DiskTier {
     const void* data = nullptr;
     size_t bytes = 0;
   };
+  // `write_ahead_log` false skips RocksDB's WAL (half the bytes written): for pages that are
+  // only a cache (spills of a non-durable store), which a crash may lose.
   absl::Status Write(const std::vector<PageWrite>& pages, uint64_t manifest_sequence = 0,
-                     const std::string* manifest = nullptr);
+                     const std::string* manifest = nullptr, bool write_ahead_log = true);
   // Reads one page into `out` (exactly `bytes`): NOT_FOUND if absent, DATA_LOSS if the stored
   // value has another size.
   absl::Status ReadPage(const PageKey& key, void* out, size_t bytes);
+  // Reads several pages, `bytes` each, into `outs`, on up to `threads` threads (a fetch-back of
+  // many pages keeps several disk reads in flight). The first error is returned.
+  absl::Status ReadPages(const std::vector<PageKey>& keys, const std::vector<void*>& outs,
+                         size_t bytes, int threads = 4);
   // Deletes one page (no error if absent).
   absl::Status DeletePage(const PageKey& key);
   // Deletes every page and the manifest of a sequence.

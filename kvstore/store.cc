@@ -278,7 +278,8 @@ absl::Status Store::SpillTo(uint64_t target_used) {
     }
     if (batch.empty()) break;
     if (!writes.empty()) {
-      absl::Status w = disk_->Write(writes);
+      // Spilled pages of a non-durable store are a cache: no write-ahead log.
+      absl::Status w = disk_->Write(writes, 0, nullptr, options_.durable);
       if (!w.ok()) return w;
     }
     for (const PageRef& ref : batch) {
@@ -430,40 +431,62 @@ absl::Status Store::Pin(uint32_t client, uint64_t handle, uint32_t layer, uint64
                                               ") out of range [0, ", l.pages.size(), ") of layer ",
                                               layer, " of '", seq.id, "'"));
   }
+  std::vector<uint64_t> missing;
+  for (uint64_t i = first; i < first + count; ++i) {
+    const Page& p = l.pages[i];
+    if (p.slot >= 0) continue;
+    if (!p.on_disk || disk_ == nullptr) {
+      return absl::DataLossError(absl::StrCat("page ", i, " of layer ", layer, " of '", seq.id,
+                                              "' is neither resident nor on disk"));
+    }
+    missing.push_back(i);
+  }
+  // Pin what is resident first, so that making room for the rest cannot evict it.
+  auto undo = [&](uint64_t end) {
+    for (uint64_t i = first; i < end; ++i) {
+      const PageRef r{handle, layer, i};
+      if (l.pages[i].slot < 0) continue;
+      if (--client_pins_[client][r] == 0) client_pins_[client].erase(r);
+      UnpinPage(r, l.pages[i]);
+    }
+  };
+  for (uint64_t i = first; i < first + count; ++i) {
+    if (l.pages[i].slot >= 0) PinPage(client, {handle, layer, i}, l.pages[i]);
+  }
+  // Fetch the spilled pages back, several reads in flight.
+  std::vector<uint64_t> taken;
+  std::vector<PageKey> keys;
+  std::vector<void*> outs;
+  absl::Status status;
+  for (uint64_t i : missing) {
+    auto slot = TakeSlot();
+    if (!slot.ok()) {
+      status = slot.status();
+      break;
+    }
+    taken.push_back(*slot);
+    keys.push_back({handle, layer, uint32_t(i)});
+    outs.push_back(segment_->slot_data(*slot));
+  }
+  if (status.ok())
+    status =
+        disk_ != nullptr ? disk_->ReadPages(keys, outs, seq.spec.page_bytes) : absl::OkStatus();
+  if (!status.ok()) {  // all or nothing
+    for (uint64_t slot : taken) free_slots_.push_back(slot);
+    undo(first + count);
+    return status;
+  }
+  for (size_t k = 0; k < missing.size(); ++k) {
+    Page& p = l.pages[missing[k]];
+    p.slot = int64_t(taken[k]);
+    PinPage(client, {handle, layer, missing[k]}, p);
+    ++stats_.fetch_backs;
+    stats_.fetch_back_bytes += seq.spec.page_bytes;
+  }
   slots->clear();
   for (uint64_t i = first; i < first + count; ++i) {
     Page& p = l.pages[i];
-    const PageRef ref{handle, layer, i};
-    absl::Status status;
-    if (p.slot < 0) {
-      if (!p.on_disk || disk_ == nullptr) {
-        status = absl::DataLossError(absl::StrCat("page ", i, " of layer ", layer, " of '", seq.id,
-                                                  "' is neither resident nor on disk"));
-      } else if (auto slot = TakeSlot(); !slot.ok()) {
-        status = slot.status();
-      } else {
-        status = disk_->ReadPage({handle, layer, uint32_t(i)}, segment_->slot_data(*slot),
-                                 seq.spec.page_bytes);
-        if (status.ok()) {
-          p.slot = int64_t(*slot);
-          ++stats_.fetch_backs;
-          stats_.fetch_back_bytes += seq.spec.page_bytes;
-        } else {
-          free_slots_.push_back(*slot);
-        }
-      }
-    }
-    if (!status.ok()) {  // all or nothing: undo this call's pins
-      for (uint64_t j = first; j < i; ++j) {
-        const PageRef r{handle, layer, j};
-        if (--client_pins_[client][r] == 0) client_pins_[client].erase(r);
-        UnpinPage(r, l.pages[j]);
-      }
-      slots->clear();
-      return status;
-    }
-    PinPage(client, ref, p);
-    PublishSlot(uint64_t(p.slot), ref, p);
+    PublishSlot(uint64_t(p.slot), {handle, layer, i}, p);
     slots->push_back(uint64_t(p.slot));
   }
   seq.suspended = false;
@@ -565,7 +588,7 @@ absl::Status Store::SuspendSequence(uint64_t handle) {
     }
   }
   if (!writes.empty()) {
-    absl::Status w = disk_->Write(writes);
+    absl::Status w = disk_->Write(writes, 0, nullptr, options_.durable);
     if (!w.ok()) return w;
   }
   for (const PageRef& ref : leaving) {
