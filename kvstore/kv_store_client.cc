@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<KvStoreClient>> KvStoreClient::Attach(
     uint32_t expected = uint32_t(ClientState::kFree);
     if (!c->state.compare_exchange_strong(expected, uint32_t(ClientState::kClaiming))) continue;
     c->pid.store(uint32_t(getpid()));
+    c->pid_ns.store(PidNamespace());
     c->heartbeat_ns.store(MonotonicNanos());
     c->generation.fetch_add(1);
     std::memset(c->name, 0, sizeof(c->name));
@@ -98,15 +99,26 @@ absl::Status KvStoreClient::Call(Message* m, const void* payload, uint32_t paylo
   Ring cq = segment_->completion_ring(index_);
   if (!rq.TryPush(*m)) return absl::UnavailableError("request ring full");
   RingDoorbell(&h->server_doorbell, &h->server_sleeping);
-  const bool done = WaitForDoorbell(
-      &me->completion_doorbell, &me->client_sleeping,
-      [&] { return !cq.empty() || h->server_state.load() != uint32_t(ServerState::kServing); },
-      options_.spin, options_.timeout);
+  // Wait in slices, so that a kvstore that died (kill -9) is noticed within one slice where its
+  // pid can be checked; otherwise the timeout decides.
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  bool done = false, gone = false;
+  for (int spin = options_.spin; !done; spin = 0) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) break;
+    done = WaitForDoorbell(
+        &me->completion_doorbell, &me->client_sleeping,
+        [&] { return !cq.empty() || h->server_state.load() != uint32_t(ServerState::kServing); },
+        spin, std::min(left, absl::Milliseconds(100)));
+    gone = !done && ProcessGone(h->server_pid.load(), h->server_pid_ns.load());
+    if (gone) break;
+  }
   Message reply;
   if (!done || !cq.TryPop(&reply)) {
     broken_ = true;
-    return absl::UnavailableError(done ? "kvstore stopped"
-                                       : "kvstore did not answer in time; re-attach");
+    return absl::UnavailableError(done   ? "kvstore stopped; re-attach"
+                                  : gone ? "kvstore process exited; re-attach"
+                                         : "kvstore did not answer in time; re-attach");
   }
   if (reply.request_id != m->request_id) {
     broken_ = true;

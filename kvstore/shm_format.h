@@ -43,6 +43,8 @@ struct SegmentHeader {
   std::atomic<uint32_t> server_state;                         // ServerState
   std::atomic<uint64_t> server_epoch;                         // bumped at every kvstore start
   std::atomic<uint32_t> server_sleeping;  // 1 while the server waits on the doorbell
+  std::atomic<uint32_t> server_pid;       // the kvstore process
+  std::atomic<uint64_t> server_pid_ns;    // inode of its PID namespace (/proc/self/ns/pid)
 };
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
 
@@ -55,6 +57,8 @@ struct alignas(kCacheLine) ClientEntry {
   std::atomic<uint64_t> generation;           // bumped at every claim
   std::atomic<uint32_t> completion_doorbell;  // futex: bumped per completion
   std::atomic<uint32_t> client_sleeping;      // 1 while the client waits on its doorbell
+  std::atomic<uint64_t> pid_ns;  // inode of the client's PID namespace: pid is only meaningful
+                                 // to a process in the same namespace
   char name[24];
 };
 static_assert(sizeof(ClientEntry) == 64);

@@ -1,6 +1,7 @@
 #include "kvstore/shm_segment.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -50,6 +51,16 @@ uint64_t MonotonicNanos() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+uint64_t PidNamespace() {
+  struct stat st;
+  return stat("/proc/self/ns/pid", &st) == 0 ? uint64_t(st.st_ino) : 0;
+}
+
+bool ProcessGone(uint32_t pid, uint64_t pid_ns) {
+  if (pid == 0 || pid_ns == 0 || pid_ns != PidNamespace()) return false;
+  return kill(pid_t(pid), 0) != 0 && errno == ESRCH;
 }
 
 absl::Status SegmentOptions::Validate() const {

@@ -20,6 +20,12 @@ namespace ihip::kvstore {
 
 // CLOCK_MONOTONIC in nanoseconds: one clock for every process of the host (leases compare it).
 uint64_t MonotonicNanos();
+// Inode of this process's PID namespace (0 if unknown). Processes of one Kubernetes pod are in
+// different PID namespaces unless the pod shares its process namespace.
+uint64_t PidNamespace();
+// Whether `pid`, seen from a process of namespace `pid_ns`, is known to be gone. False when the
+// namespaces differ (the pid means nothing here): leases decide then.
+bool ProcessGone(uint32_t pid, uint64_t pid_ns);
 
 struct SegmentOptions {
   std::string name = "/ihip-kvstore";        // POSIX shm name (leading '/', no other '/')

@@ -1,7 +1,6 @@
 #include "kvstore/store_server.h"
 
-#include <signal.h>
-#include <time.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -19,6 +18,8 @@ StoreServer::~StoreServer() { Stop(); }
 void StoreServer::Start() {
   SegmentHeader* h = segment_->header();
   h->server_epoch.fetch_add(1);
+  h->server_pid.store(uint32_t(getpid()));
+  h->server_pid_ns.store(PidNamespace());
   h->server_state.store(uint32_t(ServerState::kServing));
   thread_ = std::thread([this] { Loop(); });
 }
@@ -220,8 +221,7 @@ void StoreServer::CheckLeases() {
     ClientEntry* c = segment_->client(i);
     if (c->state.load() != uint32_t(ClientState::kAttached)) continue;
     const uint64_t beat = c->heartbeat_ns.load();
-    const pid_t pid = pid_t(c->pid.load());
-    if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
+    if (ProcessGone(c->pid.load(), c->pid_ns.load())) {
       Reclaim(i, "process gone");
     } else if (now > beat && now - beat > h->lease_ns) {
       Reclaim(i, "lease expired");
