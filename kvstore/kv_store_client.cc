@@ -33,7 +33,7 @@ absl::StatusOr<std::unique_ptr<KvStoreClient>> KvStoreClient::Attach(
     c->pid.store(uint32_t(getpid()));
     c->pid_ns.store(PidNamespace());
     c->heartbeat_ns.store(MonotonicNanos());
-    c->generation.fetch_add(1);
+    const uint64_t generation = c->generation.fetch_add(1) + 1;
     std::memset(c->name, 0, sizeof(c->name));
     std::memcpy(c->name, o.client_name.data(), std::min(o.client_name.size(), sizeof(c->name) - 1));
     for (Ring r : {(*seg)->request_ring(i), (*seg)->completion_ring(i)}) {
@@ -42,18 +42,19 @@ absl::StatusOr<std::unique_ptr<KvStoreClient>> KvStoreClient::Attach(
       }
     }
     c->state.store(uint32_t(ClientState::kAttached), std::memory_order_release);
-    return std::unique_ptr<KvStoreClient>(new KvStoreClient(o, std::move(*seg), i));
+    return std::unique_ptr<KvStoreClient>(new KvStoreClient(o, std::move(*seg), i, generation));
   }
   return absl::ResourceExhaustedError(
       absl::StrCat("all ", h->max_clients, " client slots of the kvstore are taken"));
 }
 
 KvStoreClient::KvStoreClient(const KvStoreClientOptions& o, std::unique_ptr<ShmSegment> seg,
-                             uint32_t index)
+                             uint32_t index, uint64_t generation)
     : options_(o),
       segment_(std::move(seg)),
       index_(index),
-      epoch_(segment_->header()->server_epoch.load()) {
+      epoch_(segment_->header()->server_epoch.load()),
+      generation_(generation) {
   heartbeat_ = std::thread([this] { Heartbeat(); });
 }
 
@@ -64,16 +65,24 @@ KvStoreClient::~KvStoreClient() {
   }
   beat_cv_.notify_all();
   heartbeat_.join();
+  if (!OwnsSlot()) return;  // reclaimed: the slot may belong to someone else now
   Message m{};
   m.op = uint32_t(Op::kDetach);
   absl::Status s = Call(&m);
   (void)s;  // a dead kvstore reclaims the slot by itself
 }
 
+bool KvStoreClient::OwnsSlot() const {
+  const ClientEntry* me = segment_->client(index_);
+  return me->generation.load() == generation_ &&
+         me->state.load() == uint32_t(ClientState::kAttached);
+}
+
 void KvStoreClient::Heartbeat() {
   const auto period = std::chrono::nanoseconds(segment_->header()->lease_ns / 4);
   std::unique_lock<std::mutex> lock(beat_mu_);
   while (!stopping_) {
+    if (!OwnsSlot()) return;  // reclaimed: never keep another client's lease alive
     segment_->client(index_)->heartbeat_ns.store(MonotonicNanos());
     beat_cv_.wait_for(lock, period);
   }
@@ -85,7 +94,7 @@ absl::Status KvStoreClient::Call(Message* m, const void* payload, uint32_t paylo
   SegmentHeader* h = segment_->header();
   ClientEntry* me = segment_->client(index_);
   if (broken_ || h->server_state.load() != uint32_t(ServerState::kServing) ||
-      h->server_epoch.load() != epoch_ || me->state.load() != uint32_t(ClientState::kAttached)) {
+      h->server_epoch.load() != epoch_ || !OwnsSlot()) {
     broken_ = true;
     return absl::UnavailableError("kvstore connection lost; re-attach");
   }
@@ -108,17 +117,22 @@ absl::Status KvStoreClient::Call(Message* m, const void* payload, uint32_t paylo
     if (left <= absl::ZeroDuration()) break;
     done = WaitForDoorbell(
         &me->completion_doorbell, &me->client_sleeping,
-        [&] { return !cq.empty() || h->server_state.load() != uint32_t(ServerState::kServing); },
+        [&] {
+          return !cq.empty() || h->server_state.load() != uint32_t(ServerState::kServing) ||
+                 !OwnsSlot();
+        },
         spin, std::min(left, absl::Milliseconds(100)));
     gone = !done && ProcessGone(h->server_pid.load(), h->server_pid_ns.load());
     if (gone) break;
   }
   Message reply;
-  if (!done || !cq.TryPop(&reply)) {
+  if (!done || !OwnsSlot() || !cq.TryPop(&reply)) {
     broken_ = true;
-    return absl::UnavailableError(done   ? "kvstore stopped; re-attach"
-                                  : gone ? "kvstore process exited; re-attach"
-                                         : "kvstore did not answer in time; re-attach");
+    return absl::UnavailableError(!OwnsSlot() ? "this client was reclaimed by the kvstore (lease "
+                                                "expired); re-attach"
+                                  : done      ? "kvstore stopped; re-attach"
+                                  : gone      ? "kvstore process exited; re-attach"
+                                              : "kvstore did not answer in time; re-attach");
   }
   if (reply.request_id != m->request_id) {
     broken_ = true;

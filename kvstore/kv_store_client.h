@@ -70,7 +70,10 @@ class KvStoreClient {
   std::byte* slot_address(uint64_t slot) const { return segment_->slot_data(slot); }
 
  private:
-  KvStoreClient(const KvStoreClientOptions& o, std::unique_ptr<ShmSegment> seg, uint32_t index);
+  KvStoreClient(const KvStoreClientOptions& o, std::unique_ptr<ShmSegment> seg, uint32_t index,
+                uint64_t generation);
+  // Whether the client slot is still ours (not reclaimed and handed to another client).
+  bool OwnsSlot() const;
   absl::Status SlotsToAddresses(const Message& reply, const std::string& payload,
                                 std::vector<std::byte*>* pages) const;
   void Heartbeat();
@@ -79,6 +82,7 @@ class KvStoreClient {
   std::unique_ptr<ShmSegment> segment_;
   const uint32_t index_;
   const uint64_t epoch_;
+  const uint64_t generation_;  // of our claim of the client slot
   std::mutex mu_;
   uint64_t next_request_ = 1;
   bool broken_ = false;

@@ -175,6 +175,26 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Attach(const std::string
     return absl::FailedPreconditionError(
         absl::StrCat("segment '", name, "' size does not match its header"));
   }
+  // Every region must lie inside the object: a corrupt header must not send anyone past it.
+  const uint64_t size = h->segment_bytes;
+  auto fits = [size](uint64_t offset, uint64_t count, uint64_t each) {
+    return offset <= size && (each == 0 || count <= (size - offset) / each);
+  };
+  const bool ok = h->header_bytes == kHeaderBytes && h->max_clients >= 1 &&
+                  h->max_clients <= 1024 && h->ring_entries >= 2 &&
+                  (h->ring_entries & (h->ring_entries - 1)) == 0 &&
+                  h->ring_pair_bytes ==
+                      2 * (sizeof(RingHeader) + uint64_t(h->ring_entries) * sizeof(Message)) &&
+                  h->slot_bytes > 0 && h->mailbox_bytes > 0 && h->clients_offset >= kHeaderBytes &&
+                  fits(h->clients_offset, h->max_clients, sizeof(ClientEntry)) &&
+                  fits(h->rings_offset, h->max_clients, h->ring_pair_bytes) &&
+                  fits(h->mailboxes_offset, h->max_clients, h->mailbox_bytes) &&
+                  fits(h->slot_table_offset, h->slot_count, sizeof(SlotEntry)) &&
+                  fits(h->pool_offset, h->slot_count, h->slot_bytes);
+  if (!ok) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment '", name, "' has a corrupt header (a region lies outside it)"));
+  }
   return seg;
 }
 

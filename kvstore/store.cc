@@ -361,6 +361,7 @@ absl::StatusOr<uint64_t> Store::Allocate(uint32_t client, uint64_t handle, uint3
     slots->push_back(*slot);
   }
   const uint64_t first = l.pages.size();
+  l.writer = int32_t(client);
   for (uint32_t i = 0; i < count; ++i) {
     l.pages.emplace_back();
     Page& p = l.pages.back();
@@ -387,10 +388,18 @@ absl::Status Store::Commit(uint64_t handle, uint32_t layer, uint64_t length) {
                                                       l.length, ", ", capacity, "] of layer ",
                                                       layer, " of '", seq.id, "'"));
   }
+  if (length == l.length) return absl::OkStatus();
   const uint64_t old = l.length;
   const uint64_t first_page = old / seq.spec.page_tokens;
+  const uint64_t end_page = (length + seq.spec.page_tokens - 1) / seq.spec.page_tokens;
+  for (uint64_t i = first_page; i < end_page; ++i) {
+    if (l.pages[i].slot < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "commit covers page ", i, " of layer ", layer, " of '", seq.id,
+          "', which left the host tier: write while pinned and commit before unpinning"));
+    }
+  }
   l.length = length;
-  const uint64_t end_page = seq.committed_pages(layer);
   if (options_.durable) {
     absl::Status w = Persist(seq, layer, first_page, end_page);
     if (!w.ok()) {
@@ -525,12 +534,15 @@ absl::Status Store::Unpin(uint32_t client, uint64_t handle, uint32_t layer, uint
 void Store::ReleaseClient(uint32_t client) {
   if (client >= client_pins_.size()) return;
   std::lock_guard<std::mutex> lock(mu_);
-  // Uncommitted pages this client was writing go (an append that never committed).
+  // Uncommitted pages this client allocated go (an append that never committed), pinned or not.
   std::set<std::pair<uint64_t, uint32_t>> aborted;
-  for (const auto& [ref, n] : client_pins_[client]) {
-    auto s = sequences_.find(ref.handle);
-    if (s == sequences_.end() || ref.page < s->second->committed_pages(ref.layer)) continue;
-    aborted.insert({ref.handle, ref.layer});
+  for (const auto& [handle, seq] : sequences_) {
+    for (uint32_t layer = 0; layer < seq->layers.size(); ++layer) {
+      const Layer& l = seq->layers[layer];
+      if (l.writer == int32_t(client) && l.pages.size() > seq->committed_pages(layer)) {
+        aborted.insert({handle, layer});
+      }
+    }
   }
   for (const auto& [handle, layer] : aborted) {
     Sequence& s = *sequences_.at(handle);

@@ -82,7 +82,9 @@ class Store {
   // slots. All or nothing.
   absl::StatusOr<uint64_t> Allocate(uint32_t client, uint64_t handle, uint32_t layer,
                                     uint32_t count, std::vector<uint64_t>* slots);
-  // Sets the layer's committed length (must not shrink, must fit the allocated pages).
+  // Sets the layer's committed length (must not shrink, must fit the allocated pages). Protocol:
+  // write into a page only while holding a pin on it, and commit before unpinning; a commit
+  // covering a page that left the host tier meanwhile is FAILED_PRECONDITION (its writes are lost).
   absl::Status Commit(uint64_t handle, uint32_t layer, uint64_t length);
   // Frees the pages past the committed length.
   absl::Status Abort(uint64_t handle, uint32_t layer);
@@ -120,6 +122,7 @@ class Store {
   struct Layer {
     uint64_t length = 0;
     std::vector<Page> pages;
+    int32_t writer = -1;  // client that allocated the uncommitted pages past `length`
   };
   struct Sequence {
     uint64_t handle = 0;

@@ -217,9 +217,22 @@ void StoreServer::Serve(uint32_t client, const Message& req) {
 void StoreServer::CheckLeases() {
   const SegmentHeader* h = segment_->header();
   const uint64_t now = MonotonicNanos();
+  claiming_seen_.resize(h->max_clients, {0, 0});
   for (uint32_t i = 0; i < h->max_clients; ++i) {
     ClientEntry* c = segment_->client(i);
-    if (c->state.load() != uint32_t(ClientState::kAttached)) continue;
+    const uint32_t state = c->state.load();
+    if (state == uint32_t(ClientState::kClaiming)) {
+      auto& [generation, since] = claiming_seen_[i];
+      if (since == 0 || generation != c->generation.load()) {
+        claiming_seen_[i] = {c->generation.load(), now};
+      } else if (now - since > h->lease_ns) {
+        claiming_seen_[i] = {0, 0};
+        Reclaim(i, "died while attaching");
+      }
+      continue;
+    }
+    claiming_seen_[i] = {0, 0};
+    if (state != uint32_t(ClientState::kAttached)) continue;
     const uint64_t beat = c->heartbeat_ns.load();
     if (ProcessGone(c->pid.load(), c->pid_ns.load())) {
       Reclaim(i, "process gone");

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <functional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "kvstore/shm_segment.h"
@@ -47,6 +49,9 @@ class StoreServer {
   const StoreServerOptions options_;
   ShmSegment* const segment_;
   Store* const store_;
+  // Entries seen in the "claiming" state: generation and when first seen. A client that died
+  // between its claim and its attach would otherwise hold the entry forever.
+  std::vector<std::pair<uint64_t, uint64_t>> claiming_seen_;
   std::atomic<bool> stop_{false};
   std::atomic<uint32_t> attached_{0};
   std::thread thread_;

@@ -376,6 +376,21 @@ TEST_F(StoreTest, ReleaseClientReleasesPinsAndFreesUncommittedPages) {
   EXPECT_CONSISTENT();
 }
 
+TEST_F(StoreTest, ReleaseClientFreesUncommittedPagesItNoLongerPins) {
+  StartStore(16);
+  const uint64_t h = Create("u");
+  AppendCommitUnpin(1, h, 0);
+  ASSERT_TRUE(Append(1, h, 0, 2).ok());  // pages 1, 2: allocated, never committed
+  ASSERT_TRUE(store_->Unpin(1, h, 0, 1, 2).ok());
+  store_->ReleaseClient(1);
+  EXPECT_EQ(PagesOf(h, 0), 1u);
+  EXPECT_EQ(store_->Stats().slots_used, 1u);
+  uint64_t first = 0;
+  ASSERT_TRUE(Append(0, h, 0, 1, kPageBytes, &first).ok());
+  EXPECT_EQ(first, 1u) << "the next append starts right after the committed pages";
+  EXPECT_CONSISTENT();
+}
+
 TEST_F(StoreTest, BadRequestsFailAndLeaveTheStoreConsistent) {
   StartStore(16);
   const uint64_t h = Create("bad", 2);
@@ -490,15 +505,16 @@ TEST_F(StoreTest, DurableStoreServesTheSameSequencesAfterARestart) {
   }
   ASSERT_TRUE(store_->Unpin(0, a, 1, 0, 2).ok());
   ASSERT_TRUE(Append(0, a, 1, 1).ok());  // page 2: never committed
-  // delta: two pages unpinned before their commit, spilled (by beta's appends) while still
-  // uncommitted, then committed: their bytes are on disk only from the spill.
+  // delta: two pages unpinned before their commit and spilled (by beta's appends) while still
+  // uncommitted: the commit breaks the protocol (write while pinned, commit before unpinning)
+  // and is refused, so nothing of delta is committed.
   const uint64_t d = Create("delta", 1);
   ASSERT_TRUE(Append(0, d, 0, 2).ok());
   ASSERT_TRUE(store_->Unpin(0, d, 0, 0, 2).ok());
   for (int i = 0; i < 20; ++i) AppendCommitUnpin(1, b, 0);
   ASSERT_TRUE(Append(1, b, 0, 2).ok());  // pages 20, 21: never committed
   ASSERT_EQ(store_->GetSequence(d)->pages_disk_only, 2u);
-  ASSERT_TRUE(store_->Commit(d, 0, 2 * kTokens).ok());
+  EXPECT_EQ(store_->Commit(d, 0, 2 * kTokens).code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_GT(store_->Stats().write_through_bytes, 0u);
   EXPECT_CONSISTENT();
 
@@ -536,8 +552,7 @@ TEST_F(StoreTest, DurableStoreServesTheSameSequencesAfterARestart) {
   EXPECT_EQ(PagesOf(a, 2), 0u);
   EXPECT_EQ(PagesOf(b, 0), 20u);
   for (uint64_t p = 0; p < 20; p += 5) ExpectPages(1, b, 0, p, 5);
-  EXPECT_EQ(store_->OpenSequence("delta")->layer_lengths, (std::vector<uint64_t>{2 * kTokens}));
-  ExpectPages(0, d, 0, 0, 2);
+  EXPECT_EQ(store_->OpenSequence("delta")->layer_lengths, (std::vector<uint64_t>{0}));
   EXPECT_CONSISTENT();
   // New sequences do not reuse recovered handles; appending continues after the committed end.
   const uint64_t c = Create("gamma");
