@@ -54,6 +54,9 @@ absl::Status ModelSpec::Validate() const {
   if (head_dim != 64 && head_dim != 128 && head_dim != 256) {
     return bad("model.head_dim must be 64, 128 or 256, got ", head_dim);
   }
+  if (uint8_t(kv_dtype) > uint8_t(DType::kF8E5M2)) {
+    return bad("model.kv_dtype has an unknown value ", int(kv_dtype));
+  }
   if (!IsWireDType(dtype)) {
     return bad("model.dtype must be fp32, fp16 or bf16 (", DTypeName(dtype), " is storage-only)");
   }

@@ -73,8 +73,11 @@ absl::Status CpuEngine::ReleaseSequence(const SequenceId& id) {
     seq = it->second;
     sequences_.erase(it);
   }
-  // Wait for work in flight on every layer before the pages go.
-  for (auto& layer : seq->layers) std::lock_guard<std::mutex> lock(layer->mu);
+  // Take every layer's lock (in order; requests hold one at a time): work in flight finishes,
+  // work that already found the sequence sees `released` and leaves the pages alone.
+  std::vector<std::unique_lock<std::mutex>> locks;
+  for (auto& layer : seq->layers) locks.emplace_back(layer->mu);
+  seq->released = true;
   return store_->DropSequence(id);
 }
 
@@ -116,7 +119,7 @@ absl::Status CpuEngine::CheckShape(const Sequence& seq, int layer, int num_token
     return absl::InvalidArgumentError(absl::StrCat(
         "num_tokens must be in [1, ", options_.max_tokens_per_item, "], got ", num_tokens));
   }
-  if (position < 0 || position + num_tokens > m.max_context) {
+  if (position < 0 || position > m.max_context - num_tokens) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens [", position, ", ", position + num_tokens,
                      ") exceed the sequence's max_context ", m.max_context));
@@ -169,6 +172,7 @@ absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t positi
   IHIP_RETURN_IF_ERROR(CheckShape(*seq, layer, num_tokens, position));
   LayerState& state = *seq->layers[layer];
   std::lock_guard<std::mutex> lock(state.mu);
+  if (seq->released) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
   if (position != state.length) {
     return absl::InvalidArgumentError(absl::StrCat("position ", position, " does not follow layer ",
                                                    layer, "'s ", state.length,
@@ -196,12 +200,15 @@ absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
   }
   LayerState& state = *seq->layers[item.layer];
   std::lock_guard<std::mutex> lock(state.mu);
+  if (seq->released) {
+    return absl::NotFoundError(absl::StrCat("sequence '", item.sequence, "' not found"));
+  }
   if (append && item.position != state.length) {
     return absl::InvalidArgumentError(
         absl::StrCat("position ", item.position, " does not follow layer ", item.layer, "'s ",
                      state.length, " stored tokens (appends must be contiguous)"));
   }
-  if (!append && item.position + T > state.length) {
+  if (!append && item.position > state.length - T) {
     return absl::InvalidArgumentError(
         absl::StrCat("evaluation of positions [", item.position, ", ", item.position + T,
                      ") needs their KV; ", "layer ", item.layer, " has ", state.length, " tokens"));
@@ -235,13 +242,13 @@ absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
   if (s.ok()) FromFloat(m.dtype, step.o.data(), step.o.size(), item.out);
   if (!append) return s;
   IHIP_RETURN_IF_ERROR(CommitOrAbort(*seq, item.layer, state, state.length + T, s));
-  if (item.options.mode == AttentionMode::kSparse) {
-    if (T == 1) {
-      state.cache = std::move(step.cache);
-      ++state.cache.decode_step;
-    } else {
-      state.cache = MaskCache{};  // s = 0 is the first decode step after a prefill
-    }
+  if (item.options.mode == AttentionMode::kSparse && T == 1) {
+    state.cache = std::move(step.cache);
+    ++state.cache.decode_step;
+  } else {
+    // A prefill, or tokens appended by dense attention: the next sparse decode step is s = 0
+    // and runs every stage.
+    state.cache = MaskCache{};
   }
   return absl::OkStatus();
 }
@@ -267,7 +274,7 @@ absl::Status CpuEngine::Decode(const Sequence& seq, const LayerConfig& cfg, Step
     IHIP_RETURN_IF_ERROR(RunStages(in, from - 1, &step.cache, &pool_,
                                    step.options.return_stage_chunks ? &kept : nullptr));
   }
-  const std::vector<KeyRun> runs = SparseRuns(p, p, cfg, step.cache.blocks);
+  const std::vector<KeyRun> runs = SparseRuns(p, step.cache.anchor, cfg, step.cache.blocks);
   IHIP_RETURN_IF_ERROR(AttendQueries(step.kv, seq.model.num_q_heads, seq.rope.get(),
                                      {AttentionQuery{step.q.data(), p, &runs, step.o.data()}},
                                      step.interrupt, &pool_));

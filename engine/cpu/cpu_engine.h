@@ -56,6 +56,9 @@ class CpuEngine final : public Engine {
     PageGeometry geometry;
     std::unique_ptr<Rope> rope;  // null in RoPE `none` mode
     std::vector<std::unique_ptr<LayerState>> layers;
+    // Set by ReleaseSequence while it holds every layer's lock: a request that found the
+    // sequence before it was released sees this under its layer lock and touches nothing.
+    bool released = false;
   };
   // The work of one Attend, once the item is validated and its KV written.
   struct Step;

@@ -120,6 +120,7 @@ absl::Status RunStages(const PruneInput& in, int from_stage, MaskCache* cache, T
   cache->stage_inputs.resize(num_stages);
   std::vector<int64_t> input =
       from_stage == 0 ? Stage1Candidates(in.p_min, cfg) : cache->stage_inputs[from_stage];
+  if (from_stage == 0) cache->anchor = in.p_min;
   for (int s = from_stage; s < num_stages; ++s) {
     IHIP_RETURN_IF_ERROR(in.interrupt.Check());
     const StageSpec& spec = cfg.stages[s];

@@ -28,10 +28,10 @@ uint32_t EncodeMinifloat(float f, int man, int bias, uint32_t max_code) {
   const uint32_t sign = std::signbit(f) ? 1u : 0u;
   const int emin = 1 - bias;
   int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  int exp = e - 1;    // a = 1.x * 2^exp
-  if (a == 0.0f) return 0;
-  if (exp < emin) exp = emin;  // subnormal range: fixed quantum
+  std::frexp(a, &e);                // a = m * 2^e, m in [0.5, 1)
+  int exp = e - 1;                  // a = 1.x * 2^exp
+  if (a == 0.0f) return sign << 7;  // keeps -0
+  if (exp < emin) exp = emin;       // subnormal range: fixed quantum
   const float quantum = std::ldexp(1.0f, exp - man);
   float q = std::nearbyint(a / quantum);  // nearest even under the default rounding mode
   // q in [0, 2^(man+1)]; rebuild the code.

@@ -46,7 +46,7 @@ std::vector<int64_t> ChunksToBlocks(const std::vector<int64_t>& kept, int chunk_
 std::vector<KeyRun> SparseRuns(int64_t p, int64_t p_min, const LayerConfig& cfg,
                                const std::vector<int64_t>& blocks) {
   std::vector<KeyRun> runs;
-  const int64_t window_begin = std::max<int64_t>(0, p - cfg.window_tokens + 1);
+  const int64_t window_begin = std::max<int64_t>(0, std::min(p, p_min) - cfg.window_tokens + 1);
   const StreamingPositions pos =
       MakeStreamingPositions(p_min, cfg.window_tokens, 8 * int64_t(blocks.size()));
   // Sink: tokens below the window among the first sink_tokens.

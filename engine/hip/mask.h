@@ -18,6 +18,7 @@ struct MaskCache {
   // stage_inputs[s] = left token of every candidate chunk of stage s (0-based, s >= 1), ascending.
   std::vector<std::vector<int64_t>> stage_inputs;
   std::vector<int64_t> blocks;  // final selected 8-token blocks, ascending
+  int64_t anchor = 0;           // query position of the last stage-1 run (SparseRuns' p_min)
   int64_t decode_step = 0;      // steps since the last prefill or bulk append
 };
 
@@ -44,9 +45,17 @@ struct KeyRun {
   bool operator==(const KeyRun&) const = default;
 };
 
-// What the query at position p (first query of its block at p_min) attends to: sink, selected
-// blocks and window, each key once, none after p, in ascending token order; positions follow
-// the StreamingLLM renumbering (window keys keep their true positions).
+// What the query at position p attends to: sink, selected blocks and window, each key once, none
+// after p, in ascending token order; positions follow the StreamingLLM renumbering (window keys
+// keep their true positions). `p_min` (<= p) is the block's anchor: the position for which its
+// stage-1 candidates were computed — the first query of a prefill block, or in decode the step
+// of the last stage-1 refresh (MaskCache::anchor).
+//
+// The window is (p_min - window, p], not (p - window, p]: the candidates cover the keys up to
+// p_min - window, so a later query of the block (or a decode step reusing a cached mask) would
+// otherwise skip the keys between the last candidate chunk and its own window — sparse would
+// then differ from dense under a budget that covers every token, and keys sliding out of the
+// window between refreshes would be lost. With p == p_min this is exactly DESIGN §3.1.
 std::vector<KeyRun> SparseRuns(int64_t p, int64_t p_min, const LayerConfig& cfg,
                                const std::vector<int64_t>& blocks);
 // Every key up to p at its true position.

@@ -131,8 +131,10 @@ inline void RefRotate(const double* x, int head_dim, int64_t pos, const std::vec
 
 // ---- The attended key set (DESIGN §3.1, §3.4), brute force. ----
 
-// Token -> RoPE position for the query at p whose query block starts at p_min, with `blocks`
-// the selected 8-token blocks (ascending): the window (p - window, p] at true positions; the
+// Token -> RoPE position for the query at p whose block is anchored at p_min <= p (the position
+// its stage-1 candidates were computed for), with `blocks` the selected 8-token blocks
+// (ascending): the window (p_min - window, p] at true positions (engine/hip/mask.h says why it
+// reaches back to the anchor's window; with p == p_min it is DESIGN's (p - window, p]); the
 // sink [0, sink) outside the window at max(0, base - sink + i); every token t <= p of the
 // selected blocks outside the window and the sink at base + j, j its rank among all tokens of the
 // selected blocks (masked ones included); base = p_min - window - K + 1, K = 8 * #blocks.
@@ -141,8 +143,9 @@ inline std::map<int64_t, int64_t> SpecSparseKeys(int64_t p, int64_t p_min, int s
   std::map<int64_t, int64_t> keys;
   const int64_t K = 8 * int64_t(blocks.size());
   const int64_t base = p_min - window - K + 1;
-  auto in_window = [&](int64_t t) { return t > p - window && t <= p; };
-  for (int64_t t = std::max<int64_t>(0, p - window + 1); t <= p; ++t) keys[t] = t;
+  const int64_t anchor = std::min(p, p_min);
+  auto in_window = [&](int64_t t) { return t > anchor - window && t <= p; };
+  for (int64_t t = std::max<int64_t>(0, anchor - window + 1); t <= p; ++t) keys[t] = t;
   for (int64_t i = 0; i < sink && i <= p; ++i) {
     if (!in_window(i)) keys[i] = std::max<int64_t>(0, base - sink + i);
   }
