@@ -67,7 +67,7 @@ ABSL_FLAG(std::vector<std::string>, margins,
           "needle recall: margins (nats) for contexts <= --full_curve_max_context");
 ABSL_FLAG(std::vector<std::string>, large_margins, std::vector<std::string>({"1", "3"}),
           "needle recall: margins for contexts above --full_curve_max_context");
-ABSL_FLAG(int64_t, full_curve_max_context, 524288,
+ABSL_FLAG(int64_t, full_curve_max_context, 1048576,
           "largest context that gets every margin of --margins");
 ABSL_FLAG(int, recall_seeds, 4,
           "needle recall: seeds per (context, margin): --seed, --seed + 1, ... (a trial with "
