@@ -149,15 +149,18 @@ absl::Status KvStoreClient::Call(Message* m, const void* payload, uint32_t paylo
 
 absl::StatusOr<uint64_t> KvStoreClient::CreateSequence(const std::string& id, uint32_t num_layers,
                                                        uint32_t page_bytes, uint32_t page_tokens,
-                                                       const std::string& geometry) {
+                                                       const std::string& geometry,
+                                                       const std::string& metadata) {
   SequenceSpec spec{};
   spec.num_layers = num_layers;
   spec.page_bytes = page_bytes;
   spec.page_tokens = page_tokens;
   spec.id_bytes = uint32_t(id.size());
+  spec.metadata_bytes = uint32_t(metadata.size());
   std::memcpy(spec.geometry, geometry.data(), std::min(geometry.size(), sizeof(spec.geometry)));
   std::string payload(reinterpret_cast<const char*>(&spec), sizeof(spec));
   payload += id;
+  payload += metadata;
   Message m{};
   m.op = uint32_t(Op::kCreateSequence);
   absl::Status s = Call(&m, payload.data(), uint32_t(payload.size()));
@@ -174,7 +177,7 @@ absl::StatusOr<KvSequenceInfo> KvStoreClient::OpenSequence(const std::string& id
   SequenceSpec spec;
   if (reply.size() < sizeof(spec)) return absl::InternalError("short open reply");
   std::memcpy(&spec, reply.data(), sizeof(spec));
-  if (reply.size() != sizeof(spec) + 8ull * spec.num_layers) {
+  if (reply.size() != sizeof(spec) + 8ull * spec.num_layers + spec.metadata_bytes) {
     return absl::InternalError("open reply size mismatch");
   }
   KvSequenceInfo info;
@@ -185,6 +188,7 @@ absl::StatusOr<KvSequenceInfo> KvStoreClient::OpenSequence(const std::string& id
   info.geometry.assign(reinterpret_cast<const char*>(spec.geometry), sizeof(spec.geometry));
   info.layer_lengths.resize(spec.num_layers);
   std::memcpy(info.layer_lengths.data(), reply.data() + sizeof(spec), 8ull * spec.num_layers);
+  info.metadata = reply.substr(sizeof(spec) + 8ull * spec.num_layers);
   return info;
 }
 

@@ -37,6 +37,7 @@ struct KvSequenceInfo {
   uint32_t page_bytes = 0;
   uint32_t page_tokens = 0;
   std::string geometry;  // the 32 opaque bytes given at creation
+  std::string metadata;  // the metadata given at creation
   std::vector<uint64_t> layer_lengths;
 };
 
@@ -45,9 +46,11 @@ class KvStoreClient {
   static absl::StatusOr<std::unique_ptr<KvStoreClient>> Attach(const KvStoreClientOptions& o);
   ~KvStoreClient();  // detaches: the kvstore releases this client's pins
 
+  // `metadata` (up to 64 KiB) is kept in the sequence's manifest and returned by OpenSequence.
   absl::StatusOr<uint64_t> CreateSequence(const std::string& id, uint32_t num_layers,
                                           uint32_t page_bytes, uint32_t page_tokens,
-                                          const std::string& geometry);
+                                          const std::string& geometry,
+                                          const std::string& metadata = "");
   absl::StatusOr<KvSequenceInfo> OpenSequence(const std::string& id);
   absl::Status DropSequence(uint64_t handle);
   absl::Status SuspendSequence(uint64_t handle);

@@ -66,8 +66,8 @@ static_assert(sizeof(ClientEntry) == 64);
 // Ring operations (requests) and their completions.
 enum class Op : uint32_t {
   kNone = 0,
-  kCreateSequence = 1,  // mailbox in: SequenceSpec + id; out arg0: handle
-  kOpenSequence = 2,    // mailbox in: id; out arg0: handle, mailbox out: SequenceSpec + lengths
+  kCreateSequence = 1,  // mailbox in: SequenceSpec + id + metadata; out arg0: handle
+  kOpenSequence = 2,    // mailbox in: id; out arg0: handle, mailbox out: spec + lengths + metadata
   kDropSequence = 3,    // sequence
   kAllocate = 4,        // sequence, layer, count; out arg0: first page, mailbox out: slots
   kCommit = 5,          // sequence, layer, arg0 = new length
@@ -101,16 +101,18 @@ struct RingHeader {
 };
 static_assert(sizeof(RingHeader) == 2 * kCacheLine);
 
-// What the mailbox holds for kCreateSequence / kOpenSequence (followed by the id bytes, and for
-// kOpenSequence's answer by num_layers u64 lengths).
+// What the mailbox holds for kCreateSequence (followed by the id bytes, then the metadata bytes)
+// and for kOpenSequence's answer (followed by num_layers u64 lengths, then the metadata bytes).
 struct SequenceSpec {
   uint32_t num_layers;
   uint32_t page_bytes;  // bytes of one page of this sequence (<= slot_bytes)
   uint32_t page_tokens;
   uint32_t id_bytes;
-  uint8_t geometry[32];  // opaque to the store: the client's page geometry
+  uint8_t geometry[32];     // opaque to the store: the client's page geometry
+  uint32_t metadata_bytes;  // opaque client metadata kept in the manifest (e.g. the model spec)
+  uint32_t reserved;
 };
-static_assert(sizeof(SequenceSpec) == 48);
+static_assert(sizeof(SequenceSpec) == 56);
 
 enum class SlotState : uint32_t { kFree = 0, kResident = 1 };
 

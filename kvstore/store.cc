@@ -11,6 +11,7 @@ namespace {
 
 constexpr uint32_t kManifestMagic = 0x314d4849;  // "IHM1"
 constexpr size_t kMaxIdBytes = 256;
+constexpr size_t kMaxMetadataBytes = 64 << 10;
 
 void PutU32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
 void PutU64(std::string* s, uint64_t v) { s->append(reinterpret_cast<const char*>(&v), 8); }
@@ -65,6 +66,8 @@ std::string Store::EncodeManifest(const Sequence& s) {
   PutU32(&out, s.spec.page_tokens);
   out.append(reinterpret_cast<const char*>(s.spec.geometry), sizeof(s.spec.geometry));
   for (const Layer& l : s.layers) PutU64(&out, l.length);
+  PutU32(&out, uint32_t(s.metadata.size()));
+  out += s.metadata;
   return out;
 }
 
@@ -91,6 +94,15 @@ absl::StatusOr<std::unique_ptr<Store::Sequence>> Store::DecodeManifest(const std
     l.pages.resize(pages);
     for (Page& p : l.pages) p.on_disk = true;
   }
+  uint32_t metadata_bytes = 0;
+  if (!r.U32(&metadata_bytes) || metadata_bytes > kMaxMetadataBytes) {
+    return absl::DataLossError("corrupt sequence manifest metadata");
+  }
+  s->metadata.resize(metadata_bytes);
+  if (!r.Bytes(s->metadata.data(), metadata_bytes)) {
+    return absl::DataLossError("corrupt sequence manifest metadata");
+  }
+  s->spec.metadata_bytes = metadata_bytes;
   if (!r.done()) return absl::DataLossError("trailing bytes in sequence manifest");
   return s;
 }
@@ -133,7 +145,12 @@ absl::StatusOr<Store::Sequence*> Store::FindLayer(uint64_t handle, uint32_t laye
 }
 
 absl::StatusOr<uint64_t> Store::CreateSequence(const std::string& id, const SequenceSpec& spec,
-                                               const std::string& geometry) {
+                                               const std::string& geometry,
+                                               const std::string& metadata) {
+  if (metadata.size() > kMaxMetadataBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence metadata must not exceed ", kMaxMetadataBytes, " bytes"));
+  }
   if (id.empty() || id.size() > kMaxIdBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("sequence id must have 1 to ", kMaxIdBytes, " bytes"));
@@ -160,6 +177,8 @@ absl::StatusOr<uint64_t> Store::CreateSequence(const std::string& id, const Sequ
   std::memcpy(s->spec.geometry, geometry.data(),
               std::min(geometry.size(), sizeof(s->spec.geometry)));
   s->geometry.assign(reinterpret_cast<const char*>(s->spec.geometry), sizeof(s->spec.geometry));
+  s->metadata = metadata;
+  s->spec.metadata_bytes = uint32_t(metadata.size());
   s->layers.resize(spec.num_layers);
   const uint64_t handle = s->handle;
   if (options_.durable) {
@@ -180,6 +199,7 @@ SequenceSummary Store::Summarize(const Sequence& s) const {
   out.page_bytes = s.spec.page_bytes;
   out.page_tokens = s.spec.page_tokens;
   out.geometry = s.geometry;
+  out.metadata = s.metadata;
   out.suspended = s.suspended;
   for (const Layer& l : s.layers) {
     out.layer_lengths.push_back(l.length);

@@ -55,6 +55,7 @@ struct SequenceSummary {
   uint32_t page_bytes = 0;
   uint32_t page_tokens = 0;
   std::string geometry;                 // opaque client bytes (SequenceSpec::geometry)
+  std::string metadata;                 // opaque client metadata given at creation
   std::vector<uint64_t> layer_lengths;  // committed tokens
   uint64_t pages_resident = 0;
   uint64_t pages_disk_only = 0;
@@ -70,7 +71,8 @@ class Store {
   absl::Status Recover();
 
   absl::StatusOr<uint64_t> CreateSequence(const std::string& id, const SequenceSpec& spec,
-                                          const std::string& geometry);
+                                          const std::string& geometry,
+                                          const std::string& metadata = "");
   absl::StatusOr<SequenceSummary> OpenSequence(const std::string& id) const;
   absl::StatusOr<SequenceSummary> GetSequence(uint64_t handle) const;
   absl::Status DropSequence(uint64_t handle);
@@ -129,6 +131,7 @@ class Store {
     std::string id;
     SequenceSpec spec{};
     std::string geometry;
+    std::string metadata;
     std::vector<Layer> layers;
     bool suspended = false;
     uint64_t committed_pages(uint32_t layer) const {

@@ -128,14 +128,17 @@ void StoreServer::Serve(uint32_t client, const Message& req) {
           break;
         }
         std::memcpy(&spec, box, sizeof(spec));
-        if (sizeof(spec) + spec.id_bytes != req.mailbox_bytes) {
+        if (sizeof(spec) + uint64_t(spec.id_bytes) + spec.metadata_bytes != req.mailbox_bytes) {
           status = absl::InvalidArgumentError("corrupt request: create payload size mismatch");
           break;
         }
-        const std::string id(reinterpret_cast<const char*>(box) + sizeof(spec), spec.id_bytes);
+        const char* payload = reinterpret_cast<const char*>(box) + sizeof(spec);
+        const std::string id(payload, spec.id_bytes);
+        const std::string metadata(payload + spec.id_bytes, spec.metadata_bytes);
         auto handle = store_->CreateSequence(
             id, spec,
-            std::string(reinterpret_cast<const char*>(spec.geometry), sizeof(spec.geometry)));
+            std::string(reinterpret_cast<const char*>(spec.geometry), sizeof(spec.geometry)),
+            metadata);
         status = handle.status();
         if (handle.ok()) reply.arg0 = *handle;
         break;
@@ -152,13 +155,16 @@ void StoreServer::Serve(uint32_t client, const Message& req) {
         spec.id_bytes = uint32_t(id.size());
         std::memcpy(spec.geometry, info->geometry.data(),
                     std::min(info->geometry.size(), sizeof(spec.geometry)));
-        const size_t need = sizeof(spec) + 8 * info->layer_lengths.size();
+        spec.metadata_bytes = uint32_t(info->metadata.size());
+        const size_t need = sizeof(spec) + 8 * info->layer_lengths.size() + info->metadata.size();
         if (need > box_bytes) {
           status = absl::ResourceExhaustedError("sequence manifest larger than the mailbox");
           break;
         }
         std::memcpy(box, &spec, sizeof(spec));
         std::memcpy(box + sizeof(spec), info->layer_lengths.data(), 8 * info->layer_lengths.size());
+        std::memcpy(box + sizeof(spec) + 8 * info->layer_lengths.size(), info->metadata.data(),
+                    info->metadata.size());
         reply.arg0 = info->handle;
         out_bytes = uint32_t(need);
         break;

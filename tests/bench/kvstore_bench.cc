@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     kvstore::Store store(kvstore::StoreOptions{}, seg2->get(), disk->get());
-    auto h = store.CreateSequence("spill", kvstore::SequenceSpec{1, kPageBytes, 64, 0, {}}, "");
+    auto h = store.CreateSequence("spill", kvstore::SequenceSpec{1, kPageBytes, 64, 0, {}, 0, 0}, "");
     const uint64_t pages = uint64_t(absl::GetFlag(FLAGS_spill_gib) * double(1ull << 30)) /
                            kPageBytes;
     std::vector<uint64_t> slots;

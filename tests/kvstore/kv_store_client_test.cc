@@ -143,8 +143,12 @@ TEST_F(KvStoreClientTest, EveryOperationEndToEndByteExact) {
 
   auto h = c->CreateSequence("seq", 2, kPageBytes, kTokens, kGeometry);
   ASSERT_TRUE(h.ok()) << h.status();
+  const std::string metadata("\x00\x01 opaque metadata", 19);
+  ASSERT_TRUE(c->CreateSequence("with-metadata", 1, kPageBytes, kTokens, kGeometry, metadata).ok());
+  EXPECT_EQ(c->OpenSequence("with-metadata")->metadata, metadata);
   auto info = c->OpenSequence("seq");
   ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->metadata, "");
   EXPECT_EQ(info->handle, *h);
   EXPECT_EQ(info->num_layers, 2u);
   EXPECT_EQ(info->page_bytes, kPageBytes);

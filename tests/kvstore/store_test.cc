@@ -484,6 +484,30 @@ TEST_F(StoreTest, BadRequestsFailAndLeaveTheStoreConsistent) {
   ExpectPages(0, h, 0, 0, 2);
 }
 
+TEST_F(StoreTest, MetadataIsKeptAndSurvivesARestart) {
+  StoreOptions so;
+  so.durable = true;
+  StartStore(8, true, so);
+  const std::string metadata("model spec\0\x01\xff bytes", 20);
+  auto h = store_->CreateSequence("m", MakeSpec(2, kPageBytes, kTokens), "geometry", metadata);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(store_->OpenSequence("m")->metadata, metadata);
+  EXPECT_EQ(store_
+                ->CreateSequence("big", MakeSpec(1, kPageBytes, kTokens), "",
+                                 std::string((64 << 10) + 1, 'x'))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  StopAll();
+  shm_name_.clear();
+  StartStore(8, true, so);
+  ASSERT_TRUE(store_->Recover().ok());
+  auto info = store_->OpenSequence("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->metadata, metadata);
+  EXPECT_EQ(info->geometry.substr(0, 8), "geometry");
+}
+
 TEST_F(StoreTest, DurableStoreServesTheSameSequencesAfterARestart) {
   StoreOptions so;
   so.durable = true;
