@@ -55,6 +55,10 @@ ABSL_FLAG(int, warmup, 1, "untimed repetitions per variant before the timed ones
 ABSL_FLAG(int, min_reps, 3, "repetitions per variant however slow it is");
 ABSL_FLAG(double, variant_budget_s, 3.0,
           "reps = min(--reps, max(--min_reps, budget / first call)): bounds slow variants");
+ABSL_FLAG(int, flush_cache_mib, 128,
+          "before every timed call, write this many MiB on every engine thread so that each "
+          "step starts with cold caches, as in a model where other layers run between steps "
+          "(0 = no flush: a step then sees whatever the previous call left in the caches)");
 ABSL_FLAG(int, threads, 0, "engine threads (0 = one per hardware thread)");
 ABSL_FLAG(std::string, preset, "3k", "stage preset: 3k or 5k");
 ABSL_FLAG(std::string, refresh, "paper", "refresh preset of the sequence: paper, fast, flash");
@@ -150,7 +154,10 @@ int LostAtStage(const engine::MaskInfo& mask, const engine::LayerConfig& cfg, in
 
 class Bench {
  public:
-  Bench(const Setup& setup, engine::Engine* eng) : s_(setup), eng_(eng) {}
+  Bench(const Setup& setup, engine::cpu::CpuEngine* eng)
+      : s_(setup),
+        eng_(eng),
+        flush_(size_t(std::max(0, absl::GetFlag(FLAGS_flush_cache_mib))) << 20) {}
 
   synthetic::SyntheticData MakeData(int64_t context, uint64_t seed, double margin,
                                     Progress* progress, double share) const {
@@ -226,8 +233,19 @@ class Bench {
                 ContextResult* r) const;
   std::vector<CycleAverage> Cycles(const std::vector<VariantTiming>& variants) const;
 
+  // Evicts the caches of every engine thread (a write sweep over flush_, spread over the pool).
+  void FlushCaches() {
+    if (flush_.empty()) return;
+    constexpr size_t kPart = size_t{1} << 20;
+    eng_->pool()->ParallelFor(int64_t(flush_.size() / kPart), [&](int64_t part) {
+      uint8_t* p = flush_.data() + size_t(part) * kPart;
+      for (size_t i = 0; i < kPart; i += 64) ++p[i];
+    });
+  }
+
   const Setup& s_;
-  engine::Engine* eng_;
+  engine::cpu::CpuEngine* eng_;
+  std::vector<uint8_t> flush_;
 };
 
 // Warm-up and one first call per variant fix each variant's repetitions; then the timed calls
@@ -246,6 +264,7 @@ absl::Status Bench::TimeVariants(const Loaded& l, const synthetic::SyntheticData
   }
   std::vector<AttendResult> results(nv);
   auto once = [&](size_t i, bool timed) -> absl::Status {
+    FlushCaches();
     const double c0 = ProcessCpuMs();
     const absl::Time t0 = absl::Now();
     IHIP_RETURN_IF_ERROR(eng_->Attend(items[i], &results[i]));
@@ -491,6 +510,7 @@ RunConfig Describe(const Setup& s, int threads) {
   }
   c.threads = threads;
   c.retain_memory = absl::GetFlag(FLAGS_retain_memory);
+  c.flush_cache_mib = absl::GetFlag(FLAGS_flush_cache_mib);
   for (const auto& [name, flag] : absl::GetAllFlags()) {
     if (absl::StrContains(flag->Filename(), "cpu_decode_bench")) {
       c.flags.push_back(absl::StrCat("--", name, "=", flag->CurrentValue()));

@@ -84,7 +84,13 @@ void StepTable(const BenchResult& r, std::string* md) {
   absl::StrAppend(
       md, "## Decode step time (ms, one layer, batch 1): median / p90\n\n",
       "Evaluation calls (append = false) at the context's last position, after ",
-      "warm-up; the state does not change between repetitions. CPU use = process CPU time ",
+      "warm-up; the state does not change between repetitions; the variants take turns, ",
+      r.config.flush_cache_mib > 0
+          ? absl::StrCat("and ", r.config.flush_cache_mib,
+                         " MiB are written on every engine thread before each call ",
+                         "(cold caches, as when other layers run between steps). ")
+          : "with no cache flush (a call sees what the previous one left). ",
+      "CPU use = process CPU time ",
       "/ (wall time × engine threads) over the timed steps (low: the cores were ",
       "shared or the engine waited).\n\n");
   std::vector<std::string> head = {"context"};
@@ -365,6 +371,7 @@ std::string RenderJson(const BenchResult& r) {
   j.Key("chunk_sizes").Numbers(std::vector<double>(c.chunk_sizes.begin(), c.chunk_sizes.end()));
   j.Key("kept_tokens").Numbers(std::vector<double>(c.kept_tokens.begin(), c.kept_tokens.end()));
   j.Key("engine_threads").Int(c.threads);
+  j.Key("flush_cache_mib").Int(c.flush_cache_mib);
   j.Key("retain_memory").Bool(c.retain_memory);
   j.Key("flags").BeginArray();
   for (const std::string& f : c.flags) j.String(f);

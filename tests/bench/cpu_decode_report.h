@@ -76,6 +76,7 @@ struct RunConfig {
   int sink_tokens = 0, window_tokens = 0;
   std::vector<int> chunk_sizes, kept_tokens;
   int threads = 0;
+  int flush_cache_mib = 0;
   bool retain_memory = false;
   std::vector<std::string> flags;  // every flag of the benchmark, "--name=value"
 };
