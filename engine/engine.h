@@ -70,6 +70,13 @@ struct AttendResult {
   std::vector<MaskInfo> masks;   // with return_selected
 };
 
+struct EngineStats {
+  int64_t sequences = 0;
+  int64_t pinned_layers = 0;  // (sequence, layer) pairs whose pages are pinned
+  int64_t layers = 0;
+  int64_t tokens = 0;  // KV tokens stored, all sequences and layers
+};
+
 struct SequenceInfo {
   SequenceId id;
   ModelSpec model;
@@ -81,8 +88,21 @@ class Engine {
  public:
   virtual ~Engine() = default;
 
+  // `metadata` (opaque, up to 64 KiB) is stored with the sequence's KV; services keep what they
+  // need to recover the sequence after a restart there.
   virtual absl::Status CreateSequence(const SequenceId& id, const ModelSpec& model,
-                                      const HipConfig& config) = 0;
+                                      const HipConfig& config,
+                                      const std::string& metadata = "") = 0;
+  // Registers a sequence that the page store already holds (created by an earlier process) with
+  // the model and config it was created with. Its pages are pinned on first use.
+  virtual absl::Status RecoverSequence(const SequenceId& id, const ModelSpec& model,
+                                       const HipConfig& config) = 0;
+  // Unpins the sequence's pages and lets them leave the host tier; the next use brings them back.
+  virtual absl::Status SuspendSequence(const SequenceId& id) = 0;
+  // Unpins the pages of every layer unused for at least `idle` (so the page store may spill
+  // them); returns how many layers it unpinned.
+  virtual int UnpinIdle(absl::Duration idle) = 0;
+  virtual EngineStats Stats() const = 0;
   virtual absl::Status ReleaseSequence(const SequenceId& id) = 0;
   virtual absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const = 0;
   virtual std::vector<SequenceId> ListSequences() const = 0;

@@ -6,7 +6,7 @@
 namespace ihip::engine {
 
 absl::Status InMemoryPageStore::CreateSequence(const SequenceId& id, int num_layers,
-                                               const PageGeometry& g) {
+                                               const PageGeometry& g, const std::string& metadata) {
   IHIP_RETURN_IF_ERROR(g.Validate());
   std::lock_guard<std::mutex> lock(mu_);
   if (sequences_.count(id)) {
@@ -15,7 +15,30 @@ absl::Status InMemoryPageStore::CreateSequence(const SequenceId& id, int num_lay
   Sequence& s = sequences_[id];
   s.geometry = g;
   s.layers.resize(num_layers);
+  s.metadata = metadata;
   return absl::OkStatus();
+}
+
+absl::StatusOr<PageStore::StoredSequence> InMemoryPageStore::OpenSequence(const SequenceId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  }
+  StoredSequence out;
+  out.num_layers = int(it->second.layers.size());
+  out.geometry = it->second.geometry;
+  for (const Layer& l : it->second.layers) out.lengths.push_back(l.length);
+  out.metadata = it->second.metadata;
+  return out;
+}
+
+absl::Status InMemoryPageStore::SuspendSequence(const SequenceId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!sequences_.count(id)) {
+    return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  }
+  return absl::OkStatus();  // one tier only: nothing moves
 }
 
 absl::Status InMemoryPageStore::DropSequence(const SequenceId& id) {

@@ -19,7 +19,10 @@ class InMemoryPageStore final : public PageStore {
   // RESOURCE_EXHAUSTED.
   explicit InMemoryPageStore(int64_t capacity_bytes = 0) : capacity_bytes_(capacity_bytes) {}
 
-  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g) override;
+  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g,
+                              const std::string& metadata = "") override;
+  absl::StatusOr<StoredSequence> OpenSequence(const SequenceId& id) override;
+  absl::Status SuspendSequence(const SequenceId& id) override;
   absl::Status DropSequence(const SequenceId& id) override;
   absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
                         std::vector<std::byte*>* pages) override;
@@ -42,6 +45,7 @@ class InMemoryPageStore final : public PageStore {
   struct Sequence {
     PageGeometry geometry;
     std::vector<Layer> layers;
+    std::string metadata;
   };
 
   absl::StatusOr<Layer*> FindLayer(const SequenceId& id, int layer);

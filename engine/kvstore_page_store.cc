@@ -39,22 +39,41 @@ absl::StatusOr<KvStorePageStore::Entry*> KvStorePageStore::Find(const SequenceId
   e.handle = info.handle;
   e.geometry = g;
   for (uint64_t len : info.layer_lengths) e.lengths.push_back(int64_t(len));
+  e.metadata = info.metadata;
   return &(entries_[id] = std::move(e));
 }
 
 absl::Status KvStorePageStore::CreateSequence(const SequenceId& id, int num_layers,
-                                              const PageGeometry& g) {
+                                              const PageGeometry& g, const std::string& metadata) {
   IHIP_RETURN_IF_ERROR(g.Validate());
   std::lock_guard<std::mutex> lock(mu_);
-  IHIP_ASSIGN_OR_RETURN(uint64_t handle,
-                        client_->CreateSequence(id, uint32_t(num_layers), uint32_t(g.page_bytes()),
-                                                uint32_t(g.page_tokens), EncodeGeometry(g)));
+  IHIP_ASSIGN_OR_RETURN(uint64_t handle, client_->CreateSequence(
+                                             id, uint32_t(num_layers), uint32_t(g.page_bytes()),
+                                             uint32_t(g.page_tokens), EncodeGeometry(g), metadata));
   Entry e;
   e.handle = handle;
   e.geometry = g;
   e.lengths.assign(num_layers, 0);
+  e.metadata = metadata;
   entries_[id] = std::move(e);
   return absl::OkStatus();
+}
+
+absl::StatusOr<PageStore::StoredSequence> KvStorePageStore::OpenSequence(const SequenceId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  IHIP_ASSIGN_OR_RETURN(Entry * e, Find(id));
+  StoredSequence out;
+  out.num_layers = int(e->lengths.size());
+  out.geometry = e->geometry;
+  out.lengths = e->lengths;
+  out.metadata = e->metadata;
+  return out;
+}
+
+absl::Status KvStorePageStore::SuspendSequence(const SequenceId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  IHIP_ASSIGN_OR_RETURN(Entry * e, Find(id));
+  return client_->SuspendSequence(e->handle);
 }
 
 absl::Status KvStorePageStore::DropSequence(const SequenceId& id) {

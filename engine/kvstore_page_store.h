@@ -21,7 +21,10 @@ class KvStorePageStore final : public PageStore {
   // `client` must outlive the store.
   explicit KvStorePageStore(kvstore::KvStoreClient* client) : client_(client) {}
 
-  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g) override;
+  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g,
+                              const std::string& metadata = "") override;
+  absl::StatusOr<StoredSequence> OpenSequence(const SequenceId& id) override;
+  absl::Status SuspendSequence(const SequenceId& id) override;
   absl::Status DropSequence(const SequenceId& id) override;
   absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
                         std::vector<std::byte*>* pages) override;
@@ -42,7 +45,8 @@ class KvStorePageStore final : public PageStore {
     uint64_t handle = 0;
     PageGeometry geometry;
     std::vector<int64_t> lengths;  // committed, per layer
-    int64_t pages = 0;             // pages allocated through this store, all layers
+    std::string metadata;
+    int64_t pages = 0;  // pages allocated through this store, all layers
   };
   absl::StatusOr<Entry*> Find(const SequenceId& id);  // requires mu_
 

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,10 +25,20 @@ class PageStore {
  public:
   virtual ~PageStore() = default;
 
-  // Registers a sequence with `num_layers` layers of pages of geometry `g`. ALREADY_EXISTS if it
-  // is known.
-  virtual absl::Status CreateSequence(const SequenceId& id, int num_layers,
-                                      const PageGeometry& g) = 0;
+  // Registers a sequence with `num_layers` layers of pages of geometry `g`, keeping `metadata`
+  // (opaque, up to 64 KiB) with it. ALREADY_EXISTS if it is known.
+  virtual absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g,
+                                      const std::string& metadata = "") = 0;
+  // A sequence the store holds (e.g. created before this process started). NOT_FOUND if unknown.
+  struct StoredSequence {
+    int num_layers = 0;
+    PageGeometry geometry;
+    std::vector<int64_t> lengths;  // committed tokens per layer
+    std::string metadata;
+  };
+  virtual absl::StatusOr<StoredSequence> OpenSequence(const SequenceId& id) = 0;
+  // Lets the sequence's unpinned pages leave the host tier (a no-op where there is none).
+  virtual absl::Status SuspendSequence(const SequenceId& id) = 0;
   // Frees every page of the sequence. NOT_FOUND if unknown.
   virtual absl::Status DropSequence(const SequenceId& id) = 0;
 

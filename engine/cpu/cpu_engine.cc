@@ -38,8 +38,8 @@ CpuEngine::CpuEngine(const CpuEngineOptions& options, PageStore* store)
 
 CpuEngine::~CpuEngine() = default;
 
-absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& model,
-                                       const HipConfig& config) {
+absl::StatusOr<std::shared_ptr<CpuEngine::Sequence>> CpuEngine::NewSequence(
+    const SequenceId& id, const ModelSpec& model, const HipConfig& config) const {
   if (id.empty()) return absl::InvalidArgumentError("sequence_id must not be empty");
   IHIP_RETURN_IF_ERROR(model.Validate());
   IHIP_RETURN_IF_ERROR(config.Validate(model.num_layers));
@@ -53,13 +53,114 @@ absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& mo
     seq->rope = std::make_unique<Rope>(model.rope, model.head_dim);
   }
   for (int l = 0; l < model.num_layers; ++l) seq->layers.push_back(std::make_unique<LayerState>());
+  return seq;
+}
+
+absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& model,
+                                       const HipConfig& config, const std::string& metadata) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, NewSequence(id, model, config));
   std::lock_guard<std::mutex> lock(mu_);
   if (sequences_.count(id)) {
     return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
   }
-  IHIP_RETURN_IF_ERROR(store_->CreateSequence(id, model.num_layers, seq->geometry));
+  IHIP_RETURN_IF_ERROR(store_->CreateSequence(id, model.num_layers, seq->geometry, metadata));
   sequences_[id] = std::move(seq);
   return absl::OkStatus();
+}
+
+absl::Status CpuEngine::RecoverSequence(const SequenceId& id, const ModelSpec& model,
+                                        const HipConfig& config) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, NewSequence(id, model, config));
+  IHIP_ASSIGN_OR_RETURN(PageStore::StoredSequence stored, store_->OpenSequence(id));
+  if (stored.num_layers != model.num_layers ||
+      stored.geometry.page_tokens != options_.page_tokens ||
+      stored.geometry.kv_heads != model.num_kv_heads ||
+      stored.geometry.head_dim != model.head_dim || stored.geometry.dtype != model.kv_dtype) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("stored sequence '", id, "' does not match the model it is recovered with"));
+  }
+  for (int l = 0; l < model.num_layers; ++l) {
+    seq->layers[l]->length = stored.lengths[l];
+    seq->layers[l]->pinned = false;  // pinned on first use
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sequences_.count(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
+  }
+  sequences_[id] = std::move(seq);
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::EnsurePinned(const Sequence& seq, int layer, LayerState& state) {
+  state.last_used = absl::Now();
+  if (state.pinned) return absl::OkStatus();
+  const int64_t n = (state.length + seq.geometry.page_tokens - 1) / seq.geometry.page_tokens;
+  std::vector<std::byte*> pages;
+  if (n > 0) IHIP_RETURN_IF_ERROR(store_->Pin(seq.id, layer, 0, n, &pages));
+  state.pages = std::move(pages);
+  state.pinned = true;
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::UnpinLayer(const Sequence& seq, int layer, LayerState& state) {
+  if (!state.pinned) return absl::OkStatus();
+  if (!state.pages.empty()) {
+    IHIP_RETURN_IF_ERROR(store_->Unpin(seq.id, layer, 0, int64_t(state.pages.size())));
+  }
+  state.pages.clear();
+  state.pinned = false;
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::SuspendSequence(const SequenceId& id) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
+  for (int l = 0; l < int(seq->layers.size()); ++l) {
+    LayerState& state = *seq->layers[l];
+    std::lock_guard<std::mutex> lock(state.mu);
+    if (seq->released) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+    IHIP_RETURN_IF_ERROR(UnpinLayer(*seq, l, state));
+  }
+  return store_->SuspendSequence(id);
+}
+
+int CpuEngine::UnpinIdle(absl::Duration idle) {
+  std::vector<std::shared_ptr<Sequence>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, seq] : sequences_) all.push_back(seq);
+  }
+  const absl::Time now = absl::Now();
+  int unpinned = 0;
+  for (const auto& seq : all) {
+    for (int l = 0; l < int(seq->layers.size()); ++l) {
+      LayerState& state = *seq->layers[l];
+      std::unique_lock<std::mutex> lock(state.mu, std::try_to_lock);  // busy layers are in use
+      if (!lock.owns_lock() || seq->released || !state.pinned || now - state.last_used < idle) {
+        continue;
+      }
+      if (UnpinLayer(*seq, l, state).ok()) ++unpinned;
+    }
+  }
+  return unpinned;
+}
+
+EngineStats CpuEngine::Stats() const {
+  std::vector<std::shared_ptr<Sequence>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, seq] : sequences_) all.push_back(seq);
+  }
+  EngineStats st;
+  st.sequences = int64_t(all.size());
+  for (const auto& seq : all) {
+    for (const auto& layer : seq->layers) {
+      const int64_t length = layer->length.load();
+      ++st.layers;
+      st.pinned_layers += layer->pinned.load() && length > 0;
+      st.tokens += length;
+    }
+  }
+  return st;
 }
 
 absl::Status CpuEngine::ReleaseSequence(const SequenceId& id) {
@@ -173,9 +274,10 @@ absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t positi
   LayerState& state = *seq->layers[layer];
   std::lock_guard<std::mutex> lock(state.mu);
   if (seq->released) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  IHIP_RETURN_IF_ERROR(EnsurePinned(*seq, layer, state));
   if (position != state.length) {
     return absl::InvalidArgumentError(absl::StrCat("position ", position, " does not follow layer ",
-                                                   layer, "'s ", state.length,
+                                                   layer, "'s ", state.length.load(),
                                                    " stored tokens (appends must be contiguous)"));
   }
   absl::Status s = WriteKv(*seq, layer, state, position, num_tokens, k, v);
@@ -203,15 +305,16 @@ absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
   if (seq->released) {
     return absl::NotFoundError(absl::StrCat("sequence '", item.sequence, "' not found"));
   }
+  IHIP_RETURN_IF_ERROR(EnsurePinned(*seq, item.layer, state));
   if (append && item.position != state.length) {
     return absl::InvalidArgumentError(
         absl::StrCat("position ", item.position, " does not follow layer ", item.layer, "'s ",
-                     state.length, " stored tokens (appends must be contiguous)"));
+                     state.length.load(), " stored tokens (appends must be contiguous)"));
   }
   if (!append && item.position > state.length - T) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("evaluation of positions [", item.position, ", ", item.position + T,
-                     ") needs their KV; ", "layer ", item.layer, " has ", state.length, " tokens"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "evaluation of positions [", item.position, ", ", item.position + T, ") needs their KV; ",
+        "layer ", item.layer, " has ", state.length.load(), " tokens"));
   }
   *result = AttendResult{};
   if (append) {
@@ -221,7 +324,8 @@ absl::Status CpuEngine::Attend(const AttendItem& item, AttendResult* result) {
   Step step;
   step.position = item.position;
   step.num_tokens = T;
-  step.kv = KvView{state.pages.data(), append ? state.length + T : state.length, seq->geometry};
+  step.kv =
+      KvView{state.pages.data(), append ? state.length + T : state.length.load(), seq->geometry};
   step.q.resize(size_t(T) * m.num_q_heads * m.head_dim);
   ToFloat(m.dtype, item.q, step.q.size(), step.q.data());
   Scale(m.scale(), step.q.data(), int(step.q.size()));

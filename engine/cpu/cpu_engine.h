@@ -30,8 +30,13 @@ class CpuEngine final : public Engine {
   CpuEngine(const CpuEngineOptions& options, PageStore* store);
   ~CpuEngine() override;
 
-  absl::Status CreateSequence(const SequenceId& id, const ModelSpec& model,
-                              const HipConfig& config) override;
+  absl::Status CreateSequence(const SequenceId& id, const ModelSpec& model, const HipConfig& config,
+                              const std::string& metadata = "") override;
+  absl::Status RecoverSequence(const SequenceId& id, const ModelSpec& model,
+                               const HipConfig& config) override;
+  absl::Status SuspendSequence(const SequenceId& id) override;
+  int UnpinIdle(absl::Duration idle) override;
+  EngineStats Stats() const override;
   absl::Status ReleaseSequence(const SequenceId& id) override;
   absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const override;
   std::vector<SequenceId> ListSequences() const override;
@@ -45,8 +50,11 @@ class CpuEngine final : public Engine {
  private:
   struct LayerState {
     std::mutex mu;
-    int64_t length = 0;             // committed tokens
-    std::vector<std::byte*> pages;  // block table of the pages this engine holds pinned
+    // Written under `mu`; atomic so that Stats() reads them without waiting for work in flight.
+    std::atomic<int64_t> length{0};  // committed tokens
+    std::atomic<bool> pinned{true};  // false: `pages` is empty until the next use pins them
+    std::vector<std::byte*> pages;   // block table of the pages this engine holds pinned
+    absl::Time last_used = absl::Now();
     MaskCache cache;
   };
   struct Sequence {
@@ -64,6 +72,12 @@ class CpuEngine final : public Engine {
   struct Step;
 
   absl::StatusOr<std::shared_ptr<Sequence>> Find(const SequenceId& id) const;
+  absl::StatusOr<std::shared_ptr<Sequence>> NewSequence(const SequenceId& id,
+                                                        const ModelSpec& model,
+                                                        const HipConfig& config) const;
+  // Pins the layer's committed pages if they are not (state.mu held).
+  absl::Status EnsurePinned(const Sequence& seq, int layer, LayerState& state);
+  absl::Status UnpinLayer(const Sequence& seq, int layer, LayerState& state);
   absl::Status CheckShape(const Sequence& seq, int layer, int num_tokens, int64_t position) const;
   // Writes k, v of tokens [position, position + T) after the committed length (uncommitted).
   absl::Status WriteKv(const Sequence& seq, int layer, LayerState& state, int64_t position, int T,
