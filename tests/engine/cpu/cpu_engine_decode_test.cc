@@ -253,13 +253,17 @@ TEST(CpuEngineConcurrencyTest, ParallelSequencesMatchSerial) {
 // so reading a dropped page shows as NaN instead of a use-after-free.
 class PoisoningPageStore final : public PageStore {
  public:
-  absl::Status CreateSequence(const SequenceId& id, int num_layers,
-                              const PageGeometry& g) override {
+  absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g,
+                              const std::string& metadata = "") override {
     std::lock_guard<std::mutex> lock(mu_);
     if (seqs_.count(id)) return absl::AlreadyExistsError(id);
     seqs_[id] = Seq{g, std::vector<Layer>(size_t(num_layers))};
     return absl::OkStatus();
   }
+  absl::StatusOr<StoredSequence> OpenSequence(const SequenceId& id) override {
+    return absl::UnimplementedError("not needed by this test");
+  }
+  absl::Status SuspendSequence(const SequenceId& id) override { return absl::OkStatus(); }
   absl::Status DropSequence(const SequenceId& id) override {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = seqs_.find(id);
