@@ -1,0 +1,199 @@
+// ihip-server: the public InfiniteHiP attention service (DESIGN §1–2). Serves ihip.v1.Attention,
+// grpc.health.v1 and reflection on gRPC, /metrics over HTTP. KV lives in ihip-kvstore (attached
+// over its admin gRPC, then through the shared-memory segment) or, with --kv_backend=memory, in
+// this process. SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit 0.
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "engine/cpu/cpu_engine.h"
+#include "engine/in_memory_page_store.h"
+#include "engine/kvstore_page_store.h"
+#include "ihip/v1/kvstore.grpc.pb.h"
+#include "kvstore/kv_store_client.h"
+#include "services/attention/attention_service.h"
+#include "services/attention/server_metrics.h"
+#include "services/common/grpc_server.h"
+#include "services/common/log.h"
+#include "services/common/metrics_http_server.h"
+#include "services/common/status_util.h"
+
+ABSL_FLAG(std::string, grpc_address, "127.0.0.1:50051", "gRPC listen address");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "/metrics listen host");
+ABSL_FLAG(int, metrics_port, 9101, "/metrics listen port (0 = any free port)");
+ABSL_FLAG(std::string, kv_backend, "kvstore",
+          "where KV lives: kvstore (ihip-kvstore at --kvstore_address) or memory (this process; "
+          "sequences die with it)");
+ABSL_FLAG(std::string, kvstore_address, "127.0.0.1:50052", "ihip-kvstore admin gRPC address");
+ABSL_FLAG(std::string, backend, "auto",
+          "compute backend: auto (CUDA when a GPU is present, else CPU), cpu, cuda");
+ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all hardware threads)");
+ABSL_FLAG(int, workers, 4, "requests computed at once (the rest queue)");
+ABSL_FLAG(int64_t, default_max_context, int64_t{1} << 22,
+          "max_context of sequences created without one");
+ABSL_FLAG(double, idle_unpin_seconds, 30.0,
+          "unpin the KV of a (sequence, layer) unused this long, so the kvstore may spill it");
+
+namespace {
+
+constexpr char kName[] = "ihip-server";
+
+int Fail(const absl::Status& s) {
+  ihip::services::LogError(kName, "fatal: ", s.ToString());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ihip-server: the InfiniteHiP long-context attention service.\n"
+      "Usage: ihip-server [--flags]; --help lists them.");
+  absl::ParseCommandLine(argc, argv);
+  ihip::services::BlockTerminationSignals();
+  using namespace ihip;
+
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend == "cuda") {
+    return Fail(absl::UnimplementedError(
+        "--backend=cuda: the CUDA backend is not built yet; use --backend=cpu or auto"));
+  }
+  if (backend != "auto" && backend != "cpu") {
+    return Fail(absl::InvalidArgumentError("--backend must be auto, cpu or cuda"));
+  }
+  services::LogInfo(kName, "compute backend: CPU",
+                    backend == "auto" ? " (no CUDA backend yet)" : "");
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  attention::ServerMetrics metrics(*registry);
+  engine::cpu::CpuEngineOptions engine_opts;
+  engine_opts.num_threads = absl::GetFlag(FLAGS_threads);
+  metrics.kv_block_tokens->Set(engine_opts.page_tokens);
+
+  // KV: the kvstore (attach: admin gRPC for the segment name, then the shared memory) or memory.
+  std::unique_ptr<engine::PageStore> store;
+  std::unique_ptr<kvstore::KvStoreClient> kv_client;
+  std::unique_ptr<ihip::v1::KvStore::Stub> kv_admin;
+  std::vector<std::string> stored_ids;
+  const std::string kv_backend = absl::GetFlag(FLAGS_kv_backend);
+  if (kv_backend == "memory") {
+    store = std::make_unique<engine::InMemoryPageStore>();
+  } else if (kv_backend == "kvstore") {
+    kv_admin = ihip::v1::KvStore::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_kvstore_address),
+                                                              grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_wait_for_ready(true);
+    ihip::v1::AttachRequest req;
+    req.set_client_name(kName);
+    req.set_pid(uint32_t(getpid()));
+    ihip::v1::AttachResponse resp;
+    grpc::Status gs = kv_admin->Attach(&ctx, req, &resp);
+    if (!gs.ok()) {
+      return Fail(absl::UnavailableError(absl::StrCat("ihip-kvstore at ",
+                                                      absl::GetFlag(FLAGS_kvstore_address),
+                                                      " did not answer: ", gs.error_message())));
+    }
+    kvstore::KvStoreClientOptions co;
+    co.segment_name = resp.segment_name();
+    co.client_name = kName;
+    auto client = kvstore::KvStoreClient::Attach(co);
+    if (!client.ok()) return Fail(client.status());
+    kv_client = std::move(*client);
+    store = std::make_unique<engine::KvStorePageStore>(kv_client.get());
+    services::LogInfo(kName, "attached to ihip-kvstore segment ", resp.segment_name());
+    grpc::ClientContext lctx;
+    lctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ihip::v1::ListKvSequencesResponse list;
+    if (kv_admin->ListSequences(&lctx, {}, &list).ok()) {
+      for (const auto& s : list.sequences()) stored_ids.push_back(s.sequence_id());
+    }
+  } else {
+    return Fail(absl::InvalidArgumentError("--kv_backend must be kvstore or memory"));
+  }
+
+  engine::cpu::CpuEngine eng(engine_opts, store.get());
+  attention::AttentionServiceOptions service_opts;
+  service_opts.workers = absl::GetFlag(FLAGS_workers);
+  service_opts.default_max_context = absl::GetFlag(FLAGS_default_max_context);
+  service_opts.max_tokens_per_item = engine_opts.max_tokens_per_item;
+  service_opts.page_tokens = engine_opts.page_tokens;
+  attention::AttentionService service(service_opts, &eng, &metrics);
+  if (!stored_ids.empty()) {
+    const int n = service.Recover(stored_ids, store.get());
+    services::LogInfo(kName, "recovered ", n, " of ", stored_ids.size(),
+                      " sequences held by the kvstore");
+  }
+
+  auto grpc_server = services::StartGrpcServer(absl::GetFlag(FLAGS_grpc_address), {&service});
+  if (!grpc_server.ok()) return Fail(grpc_server.status());
+
+  // Housekeeping once a second: unpin idle layers, watch the kvstore, refresh gauges.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  const absl::Duration idle = absl::Seconds(absl::GetFlag(FLAGS_idle_unpin_seconds));
+  auto refresh = [&] {
+    const engine::EngineStats st = eng.Stats();
+    metrics.pinned_layers->Set(double(st.pinned_layers));
+    metrics.active_sequences->Set(double(service.sequences()));
+    bool up = true;
+    if (kv_admin != nullptr) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+      ihip::v1::KvStoreStats ks;
+      up = kv_admin->Stats(&ctx, {}, &ks).ok();
+      if (up) {
+        metrics.kv_blocks_total->Set(double(ks.pages_total()));
+        metrics.kv_blocks_used->Set(double(ks.pages_used()));
+        metrics.kv_utilization->Set(ks.pages_total() ? double(ks.pages_used()) / ks.pages_total()
+                                                     : 0.0);
+        metrics.kv_bytes_host->Set(double(ks.pages_used() * ks.page_bytes()));
+      }
+    } else {
+      metrics.kv_bytes_host->Set(double(store->BytesUsed()));
+    }
+    metrics.kvstore_up->Set(up ? 1 : 0);
+    grpc_server->server->GetHealthCheckService()->SetServingStatus(up);
+  };
+  std::thread housekeeping([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) {
+      lock.unlock();
+      eng.UnpinIdle(idle);
+      refresh();
+      lock.lock();
+    }
+  });
+
+  services::MetricsHttpServer metrics_http(registry, nullptr);
+  auto metrics_port =
+      metrics_http.Start(absl::GetFlag(FLAGS_metrics_host), absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics_port.ok()) return Fail(metrics_port.status());
+  std::printf("ihip-server ready grpc_port=%d metrics_port=%d\n", grpc_server->port, *metrics_port);
+  std::fflush(stdout);
+  services::LogInfo(kName, "serving: gRPC port ", grpc_server->port, ", /metrics port ",
+                    *metrics_port, ", KV in ", kv_backend);
+
+  const int sig = services::WaitForTerminationSignal();
+  services::LogInfo(kName, "signal ", sig, ": draining");
+  grpc_server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stopping = true;
+  }
+  cv.notify_all();
+  housekeeping.join();
+  metrics_http.Stop();
+  services::LogInfo(kName, "stopped cleanly");
+  return 0;
+}
