@@ -30,7 +30,8 @@ ABSL_FLAG(double, pool_gib, 2.0, "host tier (shm pool) size, GiB");
 ABSL_FLAG(int, round_trips, 100000, "ring round trips timed");
 ABSL_FLAG(double, append_gib, 1.5, "bytes appended for the append throughput, GiB");
 ABSL_FLAG(double, spill_gib, 2.0, "bytes spilled to / fetched back from RocksDB, GiB");
-ABSL_FLAG(std::string, dir, "", "directory on the disk under test (default: a temp dir in /var/tmp)");
+ABSL_FLAG(std::string, dir, "",
+          "directory on the disk under test (default: a temp dir in /var/tmp)");
 ABSL_FLAG(std::string, json, "", "write the results as JSON here");
 ABSL_FLAG(std::string, git_commit, "", "commit to record (default: ask git)");
 
@@ -72,7 +73,8 @@ bool DropPageCache() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  const bench::RunInfo info = bench::CollectRunInfo(argc, argv, absl::GetFlag(FLAGS_git_commit));
+  const bench::RunInfo info = bench::CollectRunInfo(argc, argv, absl::GetFlag(FLAGS_git_commit),
+                                                    {"kvstore", "tests/bench"});
   std::string dir = absl::GetFlag(FLAGS_dir);
   bool own_dir = false;
   if (dir.empty()) {
@@ -90,8 +92,8 @@ int main(int argc, char** argv) {
   // 1. Pool population at start.
   kvstore::SegmentOptions so;
   so.name = shm;
-  so.pool_bytes = uint64_t(absl::GetFlag(FLAGS_pool_gib) * double(1ull << 30)) / kPageBytes *
-                  kPageBytes;
+  so.pool_bytes =
+      uint64_t(absl::GetFlag(FLAGS_pool_gib) * double(1ull << 30)) / kPageBytes * kPageBytes;
   so.slot_bytes = kPageBytes;
   auto seg = kvstore::ShmSegment::Create(so);
   if (!seg.ok()) {
@@ -99,10 +101,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const double populate_gbps = double(so.pool_bytes) / (*seg)->populate_seconds() / 1e9;
-  rows.push_back({"pool population at start",
-                  absl::StrFormat("%.2f s for %.1f GiB (%.2f GB/s, %d threads)",
-                                  (*seg)->populate_seconds(), double(so.pool_bytes) / (1 << 30),
-                                  populate_gbps, so.populate_threads)});
+  rows.push_back(
+      {"pool population at start",
+       absl::StrFormat("%.2f s for %.1f GiB (%.2f GB/s, %d threads)", (*seg)->populate_seconds(),
+                       double(so.pool_bytes) / (1 << 30), populate_gbps, so.populate_threads)});
   json.Key("populate_seconds").Number((*seg)->populate_seconds());
   json.Key("populate_gbps").Number(populate_gbps);
 
@@ -182,10 +184,10 @@ int main(int argc, char** argv) {
     rows.push_back({"ring round trip (2 processes)",
                     absl::StrFormat("p50 %.2f us, p90 %.2f us, p99 %.2f us over %d", st.median,
                                     st.p90, p99, n)});
-    rows.push_back({"append into the populated pool",
-                    absl::StrFormat("%.2f GB/s (%.2f GiB: allocate 64 pages, memcpy, commit)",
-                                    Gbps(double(appended), append_time),
-                                    double(appended) / (1 << 30))});
+    rows.push_back(
+        {"append into the populated pool",
+         absl::StrFormat("%.2f GB/s (%.2f GiB: allocate 64 pages, memcpy, commit)",
+                         Gbps(double(appended), append_time), double(appended) / (1 << 30))});
     json.Key("ring_round_trip_us").BeginObject();
     json.Key("p50").Number(st.median).Key("p90").Number(st.p90).Key("p99").Number(p99);
     json.Key("count").Int(n).EndObject();
@@ -206,9 +208,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     kvstore::Store store(kvstore::StoreOptions{}, seg2->get(), disk->get());
-    auto h = store.CreateSequence("spill", kvstore::SequenceSpec{1, kPageBytes, 64, 0, {}, 0, 0}, "");
-    const uint64_t pages = uint64_t(absl::GetFlag(FLAGS_spill_gib) * double(1ull << 30)) /
-                           kPageBytes;
+    auto h =
+        store.CreateSequence("spill", kvstore::SequenceSpec{1, kPageBytes, 64, 0, {}, 0, 0}, "");
+    const uint64_t pages =
+        uint64_t(absl::GetFlag(FLAGS_spill_gib) * double(1ull << 30)) / kPageBytes;
     std::vector<uint64_t> slots;
     std::mt19937_64 rng(2);
     bench::Progress prog("filling + spilling");
@@ -260,17 +263,19 @@ int main(int argc, char** argv) {
     const double dd_read =
         DdBandwidth(absl::StrCat("dd if=", f, " of=/dev/null bs=1M iflag=direct"));
     std::remove(f.c_str());
-    rows.push_back({"disk direct I/O (dd, same dir)",
-                    absl::StrFormat("write %.2f GB/s, read %.2f GB/s", dd_write / 1e9,
-                                    dd_read / 1e9)});
-    rows.push_back({"spill through RocksDB",
-                    absl::StrFormat("%.2f GB/s (%.0f%% of dd write; %.2f GiB, includes filling)",
-                                    spill_gbps, 100 * spill_gbps * 1e9 / dd_write,
-                                    double(spilled) / (1 << 30))});
-    rows.push_back({"fetch-back through RocksDB",
-                    absl::StrFormat("%.2f GB/s (%.0f%% of dd read; runs of 64 pages in random order, page cache %s)",
-                                    fetch_gbps, 100 * fetch_gbps * 1e9 / dd_read,
-                                    dropped ? "dropped first" : "NOT dropped (not root)")});
+    rows.push_back(
+        {"disk direct I/O (dd, same dir)",
+         absl::StrFormat("write %.2f GB/s, read %.2f GB/s", dd_write / 1e9, dd_read / 1e9)});
+    rows.push_back(
+        {"spill through RocksDB",
+         absl::StrFormat("%.2f GB/s (%.0f%% of dd write; %.2f GiB, includes filling)", spill_gbps,
+                         100 * spill_gbps * 1e9 / dd_write, double(spilled) / (1 << 30))});
+    rows.push_back(
+        {"fetch-back through RocksDB",
+         absl::StrFormat(
+             "%.2f GB/s (%.0f%% of dd read; runs of 64 pages in random order, page cache %s)",
+             fetch_gbps, 100 * fetch_gbps * 1e9 / dd_read,
+             dropped ? "dropped first" : "NOT dropped (not root)")});
     json.Key("dd_write_gbps").Number(dd_write / 1e9).Key("dd_read_gbps").Number(dd_read / 1e9);
     json.Key("spill_gbps").Number(spill_gbps).Key("fetch_back_gbps").Number(fetch_gbps);
     json.Key("page_cache_dropped").Bool(dropped);
