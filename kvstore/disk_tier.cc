@@ -111,6 +111,9 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
   r.statistics = rocksdb::CreateDBStatistics();
   r.max_background_jobs = o.background_jobs;
   r.write_buffer_size = o.write_buffer_bytes;
+  // Spills arrive in bursts of many MiB: let writes continue into further memtables while one
+  // flushes (the default 2 stalls a burst behind every flush).
+  r.max_write_buffer_number = 4;
   r.keep_log_file_num = 10;  // RocksDB's own LOG files
   // Page values are fp data: compression costs CPU for nothing.
   r.compression = rocksdb::kNoCompression;
