@@ -156,7 +156,10 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Attach(const std::string
     close(fd);
     return absl::FailedPreconditionError(absl::StrCat("segment '", name, "' is too small"));
   }
-  void* p = mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // MAP_POPULATE maps every page of the (already populated) segment into this process now, so
+  // appends never take a page fault per 4 KiB (measured: 3 GB/s with faults).
+  void* p =
+      mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   close(fd);
   if (p == MAP_FAILED) return Errno("mmap");
   std::unique_ptr<ShmSegment> seg(
