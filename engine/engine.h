@@ -102,6 +102,9 @@ class Engine {
   // Unpins the pages of every layer unused for at least `idle` (so the page store may spill
   // them); returns how many layers it unpinned.
   virtual int UnpinIdle(absl::Duration idle) = 0;
+  // Forgets every pin without unpinning (the page store lost them: its kvstore restarted); pages
+  // are pinned again on next use.
+  virtual void ForgetPins() = 0;
   virtual EngineStats Stats() const = 0;
   virtual absl::Status ReleaseSequence(const SequenceId& id) = 0;
   virtual absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const = 0;

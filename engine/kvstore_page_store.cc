@@ -30,6 +30,12 @@ absl::StatusOr<PageGeometry> KvStorePageStore::DecodeGeometry(const std::string&
   return g;
 }
 
+void KvStorePageStore::Reattach(kvstore::KvStoreClient* client) {
+  std::lock_guard<std::mutex> lock(mu_);
+  client_ = client;
+  entries_.clear();
+}
+
 absl::StatusOr<KvStorePageStore::Entry*> KvStorePageStore::Find(const SequenceId& id) {
   if (auto it = entries_.find(id); it != entries_.end()) return &it->second;
   // Created by an earlier process (ihip-server restarted): the kvstore has its manifest.

@@ -21,6 +21,11 @@ class KvStorePageStore final : public PageStore {
   // `client` must outlive the store.
   explicit KvStorePageStore(kvstore::KvStoreClient* client) : client_(client) {}
 
+  // Switches to a new client (the kvstore restarted); forgets every handle (the new kvstore
+  // numbers its sequences anew) — they are looked up again on next use. The old client may be
+  // destroyed once this returns.
+  void Reattach(kvstore::KvStoreClient* client);
+
   absl::Status CreateSequence(const SequenceId& id, int num_layers, const PageGeometry& g,
                               const std::string& metadata = "") override;
   absl::StatusOr<StoredSequence> OpenSequence(const SequenceId& id) override;
@@ -50,7 +55,7 @@ class KvStorePageStore final : public PageStore {
   };
   absl::StatusOr<Entry*> Find(const SequenceId& id);  // requires mu_
 
-  kvstore::KvStoreClient* const client_;
+  kvstore::KvStoreClient* client_;  // guarded by mu_
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;
 };

@@ -72,6 +72,13 @@ KvStoreClient::~KvStoreClient() {
   (void)s;  // a dead kvstore reclaims the slot by itself
 }
 
+bool KvStoreClient::connected() const {
+  const SegmentHeader* h = segment_->header();
+  return h->server_state.load() == uint32_t(ServerState::kServing) &&
+         h->server_epoch.load() == epoch_ && OwnsSlot() &&
+         !ProcessGone(h->server_pid.load(), h->server_pid_ns.load());
+}
+
 bool KvStoreClient::OwnsSlot() const {
   const ClientEntry* me = segment_->client(index_);
   return me->generation.load() == generation_ &&

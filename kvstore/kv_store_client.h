@@ -68,6 +68,8 @@ class KvStoreClient {
   absl::Status Call(Message* m, const void* payload = nullptr, uint32_t payload_bytes = 0,
                     std::string* reply_payload = nullptr);
 
+  // False once the kvstore stopped, restarted, died or reclaimed this client: re-attach then.
+  bool connected() const;
   uint32_t client_index() const { return index_; }
   ShmSegment* segment() const { return segment_.get(); }
   std::byte* slot_address(uint64_t slot) const { return segment_->slot_data(slot); }

@@ -144,6 +144,22 @@ int CpuEngine::UnpinIdle(absl::Duration idle) {
   return unpinned;
 }
 
+void CpuEngine::ForgetPins() {
+  std::vector<std::shared_ptr<Sequence>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, seq] : sequences_) all.push_back(seq);
+  }
+  for (const auto& seq : all) {
+    for (auto& layer : seq->layers) {
+      std::lock_guard<std::mutex> lock(layer->mu);
+      layer->pages.clear();
+      layer->pinned = false;
+      layer->cache = MaskCache{};
+    }
+  }
+}
+
 EngineStats CpuEngine::Stats() const {
   std::vector<std::shared_ptr<Sequence>> all;
   {

@@ -52,6 +52,42 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+struct Attached {
+  std::unique_ptr<ihip::kvstore::KvStoreClient> client;
+  std::string segment;
+  std::vector<std::string> sequences;  // the kvstore holds them
+};
+
+// Attach through the kvstore's admin API (it names the segment), then map the segment.
+absl::StatusOr<Attached> AttachKvStore(ihip::v1::KvStore::Stub& admin,
+                                       absl::Duration wait = absl::Seconds(2)) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + wait));
+  ctx.set_wait_for_ready(true);
+  ihip::v1::AttachRequest req;
+  req.set_client_name(kName);
+  req.set_pid(uint32_t(getpid()));
+  ihip::v1::AttachResponse resp;
+  grpc::Status gs = admin.Attach(&ctx, req, &resp);
+  if (!gs.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("ihip-kvstore did not answer Attach: ", gs.error_message()));
+  }
+  ihip::kvstore::KvStoreClientOptions co;
+  co.segment_name = resp.segment_name();
+  co.client_name = kName;
+  auto client = ihip::kvstore::KvStoreClient::Attach(co);
+  if (!client.ok()) return client.status();
+  Attached out{std::move(*client), resp.segment_name(), {}};
+  grpc::ClientContext lctx;
+  lctx.set_deadline(absl::ToChronoTime(absl::Now() + wait));
+  ihip::v1::ListKvSequencesResponse list;
+  gs = admin.ListSequences(&lctx, {}, &list);
+  if (!gs.ok()) return ihip::services::FromGrpc(gs);
+  for (const auto& s : list.sequences()) out.sequences.push_back(s.sequence_id());
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -90,33 +126,12 @@ int main(int argc, char** argv) {
   } else if (kv_backend == "kvstore") {
     kv_admin = ihip::v1::KvStore::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_kvstore_address),
                                                               grpc::InsecureChannelCredentials()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    ctx.set_wait_for_ready(true);
-    ihip::v1::AttachRequest req;
-    req.set_client_name(kName);
-    req.set_pid(uint32_t(getpid()));
-    ihip::v1::AttachResponse resp;
-    grpc::Status gs = kv_admin->Attach(&ctx, req, &resp);
-    if (!gs.ok()) {
-      return Fail(absl::UnavailableError(absl::StrCat("ihip-kvstore at ",
-                                                      absl::GetFlag(FLAGS_kvstore_address),
-                                                      " did not answer: ", gs.error_message())));
-    }
-    kvstore::KvStoreClientOptions co;
-    co.segment_name = resp.segment_name();
-    co.client_name = kName;
-    auto client = kvstore::KvStoreClient::Attach(co);
-    if (!client.ok()) return Fail(client.status());
-    kv_client = std::move(*client);
+    auto attached = AttachKvStore(*kv_admin, absl::Seconds(10));
+    if (!attached.ok()) return Fail(attached.status());
+    kv_client = std::move(attached->client);
+    stored_ids = attached->sequences;
     store = std::make_unique<engine::KvStorePageStore>(kv_client.get());
-    services::LogInfo(kName, "attached to ihip-kvstore segment ", resp.segment_name());
-    grpc::ClientContext lctx;
-    lctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    ihip::v1::ListKvSequencesResponse list;
-    if (kv_admin->ListSequences(&lctx, {}, &list).ok()) {
-      for (const auto& s : list.sequences()) stored_ids.push_back(s.sequence_id());
-    }
+    services::LogInfo(kName, "attached to ihip-kvstore segment ", attached->segment);
   } else {
     return Fail(absl::InvalidArgumentError("--kv_backend must be kvstore or memory"));
   }
@@ -142,6 +157,23 @@ int main(int argc, char** argv) {
   std::condition_variable cv;
   bool stopping = false;
   const absl::Duration idle = absl::Seconds(absl::GetFlag(FLAGS_idle_unpin_seconds));
+  // The kvstore restarted (or reclaimed us): attach to its new segment, forget the old pins,
+  // drop the sequences it no longer holds (it was not durable).
+  auto reattach = [&]() -> bool {
+    auto attached = AttachKvStore(*kv_admin);
+    if (!attached.ok()) {
+      services::LogWarning(kName, "kvstore re-attach failed: ", attached.status().ToString());
+      return false;
+    }
+    auto* page_store = static_cast<engine::KvStorePageStore*>(store.get());
+    page_store->Reattach(attached->client.get());
+    eng.ForgetPins();
+    kv_client = std::move(attached->client);  // the old client goes now, unused
+    const int lost = service.Reconcile(attached->sequences);
+    services::LogInfo(kName, "re-attached to ihip-kvstore segment ", attached->segment, "; ", lost,
+                      " sequences lost with its restart");
+    return true;
+  };
   auto refresh = [&] {
     const engine::EngineStats st = eng.Stats();
     metrics.pinned_layers->Set(double(st.pinned_layers));
@@ -162,6 +194,7 @@ int main(int argc, char** argv) {
     } else {
       metrics.kv_bytes_host->Set(double(store->BytesUsed()));
     }
+    if (up && kv_client != nullptr && !kv_client->connected()) up = reattach();
     metrics.kvstore_up->Set(up ? 1 : 0);
     grpc_server->server->GetHealthCheckService()->SetServingStatus(up);
   };

@@ -381,6 +381,49 @@ TEST_F(ServerTest, SequencesSurviveAKill9OfTheServer) {
   EXPECT_EQ(Lengths("keep"), (std::vector<uint64_t>{0, 0, 2006, 0}));
 }
 
+TEST_F(ServerTest, KvStoreAwayIsUnavailableThenRecovers) {
+  // Durable, on a fixed port: the restarted kvstore serves the same sequences at the same address.
+  auto start_durable = [&] {
+    kvstore_ = std::make_unique<ChildProcess>();
+    ASSERT_TRUE(
+        kvstore_->Start({IHIP_KVSTORE_BIN, "--segment_name=" + shm_, "--host_tier_gib=0.0625",
+                         "--slot_kib=64", "--rocksdb_path=" + dir_ + "/db", "--durable",
+                         "--grpc_address=127.0.0.1:" + std::to_string(kv_port_),
+                         "--metrics_host=127.0.0.1", "--metrics_port=0", "--lease_ms=1000"},
+                        dir_ + "/kvstore.log"));
+    ASSERT_FALSE(kvstore_->WaitForLine("ihip-kvstore ready", absl::Seconds(30)).empty());
+  };
+  kv_port_ = testing::FreePort();
+  start_durable();
+  StartServer();
+  std::mt19937 rng(5);
+  ASSERT_TRUE(Create("r").ok());
+  ASSERT_TRUE(Append("r", 0, 0, 1000, rng).ok());
+  kvstore_->Signal(SIGKILL);
+  ASSERT_EQ(kvstore_->Wait(absl::Seconds(10)), 128 + SIGKILL);
+  {
+    grpc::ClientContext ctx;
+    v1::AttendRequest req;
+    *req.add_items() = DecodeItem("r", 0, 1000, rng);
+    v1::AttendResponse resp;
+    grpc::Status s = stub_->Attend(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  }
+  start_durable();  // same port, same RocksDB: the server re-attaches by itself
+  grpc::Status s;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::AttendRequest req;
+    *req.add_items() = DecodeItem("r", 0, 1000, rng);
+    v1::AttendResponse resp;
+    s = stub_->Attend(&ctx, req, &resp);
+    if (s.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(Lengths("r"), (std::vector<uint64_t>{1001, 0, 0, 0}));
+}
+
 TEST_F(ServerTest, AnExpiredDeadlineStopsTheWorkAndAppendsNothing) {
   StartBoth();
   std::mt19937 rng(4);
