@@ -1,11 +1,21 @@
 #pragma once
 
-// `ihip demo needle`: builds a long synthetic context with a planted needle for one
-// Llama-3-8B-shaped layer, decodes one step with InfiniteHiP sparse attention and with dense
-// attention in-process, and reports whether the needle was found, accuracy and both times.
+// `ihip demo needle`: builds a long synthetic context with a planted needle (engine/synthetic)
+// for one Llama-3-8B-shaped layer, decodes its last token with InfiniteHiP sparse attention and
+// reports whether the needle's block was selected, top-k and mass recall, the output error
+// against dense attention (computed locally from the synthetic data) and the times.
+//
+// By default it runs against ihip-server over gRPC (RunDemoNeedle in commands.h); with
+// --in_process it runs the CPU engine inside this process instead.
+
+#include <cstdint>
 
 namespace ihip::cli {
 
-int RunDemoNeedle();  // reads the demo flags; returns the process exit code
+constexpr int kDemoLayer = 16;                   // default --layer of the demo
+constexpr int64_t kDemoDefaultContext = 131072;  // default --context of the demo
+
+int64_t DemoContext();         // --context, or the default when it is 0
+int RunDemoNeedleInProcess();  // returns the process exit code
 
 }  // namespace ihip::cli

@@ -1,4 +1,5 @@
-#include "services/cli/demo_needle.h"
+// `ihip demo needle --in_process`: the needle demo with the CPU engine inside this process (no
+// ihip-server): sparse step, dense step and a cached-mask step, with per-stage detail.
 
 #include <algorithm>
 #include <cstdio>
@@ -12,15 +13,10 @@
 #include "engine/in_memory_page_store.h"
 #include "engine/synthetic/accuracy.h"
 #include "engine/synthetic/synthetic_data.h"
+#include "services/cli/cli_flags.h"
+#include "services/cli/commands.h"
+#include "services/cli/demo_needle.h"
 #include "services/cli/progress_bar.h"
-
-ABSL_FLAG(int64_t, context, 131072, "demo: tokens of context, the decode step included");
-ABSL_FLAG(double, margin, 3.0, "demo: needle margin in nats over every other middle key");
-ABSL_FLAG(uint64_t, seed, 1, "demo: seed of the synthetic data");
-ABSL_FLAG(std::string, preset, "3k", "demo: stage preset (3k, 5k)");
-ABSL_FLAG(std::string, refresh, "paper", "demo: refresh preset (paper, fast, flash)");
-ABSL_FLAG(int, threads, 0, "demo: CPU threads (0 = all)");
-ABSL_FLAG(int, layer, 16, "demo: which layer of the 32-layer model holds the context");
 
 namespace ihip::cli {
 namespace {
@@ -28,17 +24,12 @@ namespace {
 using engine::AttendItem;
 using engine::AttendResult;
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
-  return 2;
-}
-
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 }  // namespace
 
-int RunDemoNeedle() {
-  const int64_t context = absl::GetFlag(FLAGS_context);
+int RunDemoNeedleInProcess() {
+  const int64_t context = DemoContext();
   auto preset = engine::ParseHipPreset(absl::GetFlag(FLAGS_preset));
   auto refresh = engine::ParseRefreshPreset(absl::GetFlag(FLAGS_refresh));
   if (!preset.ok()) return Fail(preset.status());
@@ -49,7 +40,7 @@ int RunDemoNeedle() {
   engine::ModelSpec model;  // Llama-3-8B: 32 layers, Hq 32, Hkv 8, D 128, bf16
   model.num_layers = 32;
   model.max_context = context;
-  const int layer = absl::GetFlag(FLAGS_layer);
+  const int layer = LayerFlagOr(kDemoLayer);
   if (layer < 0 || layer >= model.num_layers) {
     return Fail(absl::InvalidArgumentError("--layer must be in [0, 32)"));
   }
