@@ -8,6 +8,7 @@ IHIP_PACKAGES=(
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev librocksdb-dev prometheus-cpp-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  python3-grpcio python3-grpc-tools python3-numpy
 )
 
 missing=()
