@@ -1,6 +1,7 @@
 #include "services/attention/attention_service.h"
 
 #include <atomic>
+#include <cctype>
 #include <random>
 #include <set>
 
@@ -169,10 +170,20 @@ absl::Status AttentionService::DoCreate(const ihip::v1::CreateSequenceRequest& i
   if (req.sequence_id().size() > 256) {
     return absl::InvalidArgumentError("sequence_id must have at most 256 bytes");
   }
+  for (char ch : req.sequence_id()) {
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.' ||
+          ch == ':')) {
+      return absl::InvalidArgumentError(
+          "sequence_id may contain only letters, digits, '-', '_', '.' and ':'");
+    }
+  }
   auto model = ModelSpecFromProto(req.model(), options_.default_max_context);
   if (!model.ok()) return model.status();
   auto config = HipConfigFromProto(req.config(), model->num_layers);
   if (!config.ok()) return config.status();
+  // Store (and report) the dense layers in effect, not "absent".
+  req.mutable_config()->mutable_dense_layers()->clear_layers();
+  for (int l : config->dense_layers) req.mutable_config()->mutable_dense_layers()->add_layers(l);
   std::string metadata;
   req.SerializeToString(&metadata);
   {
@@ -402,6 +413,11 @@ class AppendReactor : public grpc::ServerReadReactor<ihip::v1::AppendKVChunk> {
                                          : service_->DoAppend(chunk_, resp_, &work);
       engine_time_ += work.engine_time;
       if (!s.ok()) {
+        // Chunks are applied as they arrive: say how much of the stream went in.
+        s = absl::Status(s.code(), absl::StrCat(s.message(), " (this chunk appended nothing; ",
+                                                resp_->tokens_appended(),
+                                                " tokens of earlier chunks of the stream were "
+                                                "appended)"));
         service_->metrics().OnRequest("AppendKV", s.code(), absl::ZeroDuration(), engine_time_,
                                       absl::Now() - start_);
         services::LogWarning("ihip-server", "AppendKV: ", s.ToString());
@@ -452,6 +468,13 @@ absl::Status AttentionService::DoAppend(const ihip::v1::AppendKVChunk& c,
         c.k().size() != kv_bytes ? c.k().size() : c.v().size(), " bytes; expected T x Hkv x D x ",
         engine::DTypeSize(m->dtype), " = ", kv_bytes));
   }
+  auto info = engine_->GetSequence(c.sequence_id());
+  if (!info.ok()) return info.status();
+  if (int64_t(c.position()) != info->layer_lengths[c.layer()]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk.position ", c.position(), " does not follow layer ", c.layer(), " of '",
+                     c.sequence_id(), "', which has ", info->layer_lengths[c.layer()], " tokens"));
+  }
   if (absl::Now() > work->deadline) return absl::DeadlineExceededError("deadline exceeded");
   if (work->cancelled != nullptr && work->cancelled->load())
     return absl::CancelledError("cancelled");
@@ -463,7 +486,7 @@ absl::Status AttentionService::DoAppend(const ihip::v1::AppendKVChunk& c,
   MarkUsed(c.sequence_id());
   metrics_->OnAppend(c.num_tokens());
   resp->set_tokens_appended(resp->tokens_appended() + c.num_tokens());
-  auto info = engine_->GetSequence(c.sequence_id());
+  info = engine_->GetSequence(c.sequence_id());
   if (info.ok()) {
     resp->clear_layer_lengths();
     for (int64_t len : info->layer_lengths) resp->add_layer_lengths(uint64_t(len));
