@@ -33,6 +33,14 @@ absl::Time DeadlineOf(grpc::CallbackServerContext* ctx) {
   return absl::FromChrono(d);
 }
 
+void SetTiming(AttendResponse* resp, absl::Duration queue, absl::Duration engine,
+               absl::Duration total) {
+  auto us = [](absl::Duration d) { return uint64_t(absl::ToInt64Microseconds(d)); };
+  resp->mutable_timing()->set_queue_us(us(queue));
+  resp->mutable_timing()->set_engine_us(us(engine));
+  resp->mutable_timing()->set_total_us(us(total));
+}
+
 absl::Status Annotate(const absl::Status& s, const std::string& where) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
@@ -329,6 +337,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
     work.deadline = deadline;
     absl::Status s = DoAttend(*req, resp, &work);
     const absl::Time t2 = absl::Now();
+    SetTiming(resp, t1 - t0, work.engine_time, t2 - t0);
     if (!s.ok()) {
       services::LogWarning(kLog, "Attend request ", req->request_id(), ": ", s.ToString());
     }
@@ -363,6 +372,7 @@ class StreamReactor : public grpc::ServerBidiReactor<AttendRequest, AttendRespon
       absl::Status s = cancelled_.load() ? absl::CancelledError("cancelled")
                                          : service_->DoAttend(req_, &resp_, &work);
       const absl::Time t2 = absl::Now();
+      SetTiming(&resp_, t1 - t0, work.engine_time, t2 - t0);
       service_->metrics().OnRequest("AttendStream", s.code(), t1 - t0, work.engine_time, t2 - t0);
       if (!s.ok()) {
         services::LogWarning("ihip-server", "AttendStream request ", req_.request_id(), ": ",

@@ -62,6 +62,8 @@ v1::AttendRequest DecodeRequest(const std::string& id, const engine::synthetic::
 struct Results {
   double append_mb = 0, append_s = 0;
   Latency unary, stream;
+  // Round trip minus the engine time the server reports (AttendResponse.timing.engine_us).
+  Latency unary_overhead, stream_overhead;
 };
 
 std::string Json(const Results& r, int64_t context, int steps, const std::string& server) {
@@ -75,9 +77,11 @@ std::string Json(const Results& r, int64_t context, int steps, const std::string
       "{\"server\": %s, \"shape\": {\"q_heads\": 32, \"kv_heads\": 8, \"head_dim\": 128, "
       "\"dtype\": \"bf16\"}, \"context\": %d, \"steps\": %d, \"mode\": %s, "
       "\"append\": {\"mb\": %.3f, \"seconds\": %.4f, \"mb_per_s\": %.2f}, "
-      "\"decode_unary\": %s, \"decode_stream\": %s}",
+      "\"decode_unary\": %s, \"decode_stream\": %s, \"overhead_unary\": %s, "
+      "\"overhead_stream\": %s}",
       JsonString(server), context, steps, JsonString(absl::GetFlag(FLAGS_mode)), r.append_mb,
-      r.append_s, r.append_mb / std::max(r.append_s, 1e-9), lat(r.unary), lat(r.stream));
+      r.append_s, r.append_mb / std::max(r.append_s, 1e-9), lat(r.unary), lat(r.stream),
+      lat(r.unary_overhead), lat(r.stream_overhead));
 }
 
 }  // namespace
@@ -131,12 +135,15 @@ int RunBench() {
 
   int64_t pos = context;
   int q = 0;
-  std::vector<double> unary, stream;
+  std::vector<double> unary, stream, unary_overhead, stream_overhead;
   for (int i = 0; i < warmup + steps; ++i, ++pos, ++q) {
     t0 = absl::Now();
     absl::StatusOr<v1::AttendResponse> r = client.Attend(DecodeRequest(id, data, q, pos));
     if (!r.ok()) return Fail(r.status());
-    if (i >= warmup) unary.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+    if (i >= warmup) {
+      unary.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      unary_overhead.push_back(unary.back() - double(r->timing().engine_us()) / 1000.0);
+    }
   }
   std::unique_ptr<AttentionClient::Stream> s = client.OpenAttendStream();
   for (int i = 0; i < warmup + steps; ++i, ++pos, ++q) {
@@ -147,11 +154,16 @@ int RunBench() {
       return Fail(absl::InternalError(
           absl::StrCat("AttendStream echoed request_id ", r->request_id(), ", expected ", pos)));
     }
-    if (i >= warmup) stream.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+    if (i >= warmup) {
+      stream.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      stream_overhead.push_back(stream.back() - double(r->timing().engine_us()) / 1000.0);
+    }
   }
   if (absl::Status st = s->Finish(); !st.ok()) return Fail(st);
   res.unary = Summarize(unary);
   res.stream = Summarize(stream);
+  res.unary_overhead = Summarize(unary_overhead);
+  res.stream_overhead = Summarize(stream_overhead);
 
   if (absl::GetFlag(FLAGS_json)) {
     std::printf("%s\n", Json(res, context, steps, client.address()).c_str());
@@ -164,8 +176,10 @@ int RunBench() {
       (long long)context, absl::GetFlag(FLAGS_mode).c_str(), steps, warmup);
   std::printf("  %-28s %9s %9s %9s %9s\n", "decode round trip", "p50 ms", "p99 ms", "mean ms",
               "max ms");
-  for (const auto& [name, l] :
-       {std::pair<const char*, Latency>{"unary Attend", res.unary}, {"AttendStream", res.stream}}) {
+  for (const auto& [name, l] : {std::pair<const char*, Latency>{"unary Attend", res.unary},
+                                {"AttendStream", res.stream},
+                                {"unary overhead (- engine)", res.unary_overhead},
+                                {"stream overhead (- engine)", res.stream_overhead}}) {
     std::printf("  %-28s %9.3f %9.3f %9.3f %9.3f\n", name, l.p50, l.p99, l.mean, l.max);
   }
   std::printf("\n  AppendKV: %.1f MB of K+V in %.3f s = %.1f MB/s\n", res.append_mb, res.append_s,
