@@ -190,6 +190,7 @@ int main(int argc, char** argv) {
         metrics.kv_utilization->Set(ks.pages_total() ? double(ks.pages_used()) / ks.pages_total()
                                                      : 0.0);
         metrics.kv_bytes_host->Set(double(ks.pages_used() * ks.page_bytes()));
+        metrics.kv_bytes_disk->Set(double(ks.pages_disk_only() * ks.page_bytes()));
       }
     } else {
       metrics.kv_bytes_host->Set(double(store->BytesUsed()));

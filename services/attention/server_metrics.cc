@@ -38,6 +38,8 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r)
   kv_blocks_used = gauge("ihip_server_kv_blocks_used", "KV pages (blocks) in use, host tier");
   kv_blocks_total = gauge("ihip_server_kv_blocks_total", "KV pages (blocks) the host tier holds");
   kv_bytes_host = gauge("ihip_server_kv_host_bytes", "Bytes of KV in the host tier");
+  kv_bytes_disk = gauge("ihip_server_kv_disk_bytes",
+                        "Bytes of KV only on disk (spilled or suspended; 0 without a kvstore)");
   pinned_layers = gauge("ihip_server_pinned_layers", "(sequence, layer) pairs with pinned KV");
   kvstore_up = gauge("ihip_server_kvstore_up", "1 while ihip-kvstore answers (1 without one)");
   tokens_appended_ = counter("ihip_server_tokens_appended_total", "KV tokens appended");

@@ -35,6 +35,7 @@ class ServerMetrics {
   prometheus::Gauge* kv_blocks_used;   // KV pages in use (block count)
   prometheus::Gauge* kv_blocks_total;  // KV pages the host tier holds
   prometheus::Gauge* kv_bytes_host;
+  prometheus::Gauge* kv_bytes_disk;
   prometheus::Gauge* pinned_layers;
   prometheus::Gauge* kvstore_up;  // 1 while the kvstore answers
 

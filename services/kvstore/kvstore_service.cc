@@ -71,6 +71,7 @@ grpc::ServerUnaryReactor* KvStoreService::Stats(grpc::CallbackServerContext* ctx
   resp->set_clients(ring_server_->attached_clients());
   resp->set_spills(s.spills);
   resp->set_fetch_backs(s.fetch_backs);
+  resp->set_pages_disk_only(s.pages_disk_only);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
