@@ -68,9 +68,13 @@ absl::StatusOr<InMemoryPageStore::Layer*> InMemoryPageStore::FindLayer(const Seq
 }
 
 absl::Status InMemoryPageStore::Allocate(const SequenceId& id, int layer, int64_t count,
-                                         std::vector<std::byte*>* pages) {
+                                         std::vector<std::byte*>* pages, int64_t first) {
   std::lock_guard<std::mutex> lock(mu_);
   IHIP_ASSIGN_OR_RETURN(Layer * l, FindLayer(id, layer));
+  if (first >= 0 && first != int64_t(l->pages.size())) {
+    return absl::FailedPreconditionError(absl::StrCat("layer ", layer, " has ", l->pages.size(),
+                                                      " pages, the caller expected ", first));
+  }
   const size_t page_bytes = sequences_[id].geometry.page_bytes();
   const int64_t need = count * int64_t(page_bytes);
   if (capacity_bytes_ > 0 && bytes_used_ + need > capacity_bytes_) {

@@ -91,12 +91,12 @@ absl::Status KvStorePageStore::DropSequence(const SequenceId& id) {
 }
 
 absl::Status KvStorePageStore::Allocate(const SequenceId& id, int layer, int64_t count,
-                                        std::vector<std::byte*>* pages) {
+                                        std::vector<std::byte*>* pages, int64_t first) {
   std::lock_guard<std::mutex> lock(mu_);
   IHIP_ASSIGN_OR_RETURN(Entry * e, Find(id));
-  uint64_t first = 0;
-  IHIP_RETURN_IF_ERROR(
-      client_->Allocate(e->handle, uint32_t(layer), uint32_t(count), &first, pages));
+  uint64_t got_first = 0;
+  IHIP_RETURN_IF_ERROR(client_->Allocate(e->handle, uint32_t(layer), uint32_t(count), &got_first,
+                                         pages, first >= 0 ? uint64_t(first) : kvstore::kAnyPage));
   e->pages += count;
   return absl::OkStatus();
 }

@@ -32,7 +32,7 @@ class KvStorePageStore final : public PageStore {
   absl::Status SuspendSequence(const SequenceId& id) override;
   absl::Status DropSequence(const SequenceId& id) override;
   absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
-                        std::vector<std::byte*>* pages) override;
+                        std::vector<std::byte*>* pages, int64_t first = -1) override;
   absl::Status Commit(const SequenceId& id, int layer, int64_t length) override;
   absl::Status Abort(const SequenceId& id, int layer) override;
   absl::StatusOr<int64_t> Length(const SequenceId& id, int layer) override;

@@ -44,8 +44,11 @@ class PageStore {
 
   // Appends `count` fresh pages after the layer's last page and returns their writable
   // addresses. All or nothing: RESOURCE_EXHAUSTED leaves the layer as it was.
+  // `first` >= 0 is the page index the caller expects the new pages to start at (its count of
+  // the layer's pages): FAILED_PRECONDITION if the store's differs (e.g. another client's
+  // uncommitted pages are still there), so the caller never writes into the wrong pages.
   virtual absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
-                                std::vector<std::byte*>* pages) = 0;
+                                std::vector<std::byte*>* pages, int64_t first = -1) = 0;
   // Makes `length` tokens of the layer committed (visible, and durable where the store is).
   // Pages beyond ceil(length / page_tokens) that Allocate added stay allocated for reuse.
   virtual absl::Status Commit(const SequenceId& id, int layer, int64_t length) = 0;

@@ -47,6 +47,9 @@ absl::Status ModelSpec::Validate() const {
   if (num_layers < 1) return bad("model.num_layers must be >= 1, got ", num_layers);
   if (num_q_heads < 1) return bad("model.num_q_heads must be >= 1, got ", num_q_heads);
   if (num_kv_heads < 1) return bad("model.num_kv_heads must be >= 1, got ", num_kv_heads);
+  if (num_layers > 4096) return bad("model.num_layers must be <= 4096, got ", num_layers);
+  if (num_q_heads > 1024) return bad("model.num_q_heads must be <= 1024, got ", num_q_heads);
+  if (num_kv_heads > 1024) return bad("model.num_kv_heads must be <= 1024, got ", num_kv_heads);
   if (num_q_heads % num_kv_heads != 0) {
     return bad("model.num_q_heads (", num_q_heads, ") must be a multiple of model.num_kv_heads (",
                num_kv_heads, ")");
@@ -70,12 +73,15 @@ absl::Status ModelSpec::Validate() const {
     }
     if (rope.llama3.has_value()) {
       const Llama3Scaling& s = *rope.llama3;
-      if (!(s.factor >= 1.0)) return bad("model.rope.llama3.factor must be >= 1, got ", s.factor);
-      if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor)) {
+      if (!(s.factor >= 1.0) || !std::isfinite(s.factor)) {
+        return bad("model.rope.llama3.factor must be finite and >= 1, got ", s.factor);
+      }
+      if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor) ||
+          !std::isfinite(s.high_freq_factor)) {
         return bad("model.rope.llama3 needs 0 < low_freq_factor < high_freq_factor, got ",
                    s.low_freq_factor, " and ", s.high_freq_factor);
       }
-      if (!(s.original_max_positions >= 1)) {
+      if (!(s.original_max_positions >= 1) || !std::isfinite(s.original_max_positions)) {
         return bad("model.rope.llama3.original_max_positions must be >= 1");
       }
     }

@@ -74,7 +74,7 @@ KvStoreClient::~KvStoreClient() {
 
 bool KvStoreClient::connected() const {
   const SegmentHeader* h = segment_->header();
-  return h->server_state.load() == uint32_t(ServerState::kServing) &&
+  return !broken_.load() && h->server_state.load() == uint32_t(ServerState::kServing) &&
          h->server_epoch.load() == epoch_ && OwnsSlot() &&
          !ProcessGone(h->server_pid.load(), h->server_pid_ns.load());
 }
@@ -89,7 +89,9 @@ void KvStoreClient::Heartbeat() {
   const auto period = std::chrono::nanoseconds(segment_->header()->lease_ns / 4);
   std::unique_lock<std::mutex> lock(beat_mu_);
   while (!stopping_) {
-    if (!OwnsSlot()) return;  // reclaimed: never keep another client's lease alive
+    // Reclaimed: never keep another client's lease alive. Broken: stop, so that the kvstore
+    // reclaims this slot (and its pins and uncommitted pages) when the lease runs out.
+    if (!OwnsSlot() || broken_.load()) return;
     segment_->client(index_)->heartbeat_ns.store(MonotonicNanos());
     beat_cv_.wait_for(lock, period);
   }
@@ -214,8 +216,13 @@ absl::Status KvStoreClient::SuspendSequence(uint64_t handle) {
 }
 
 absl::Status KvStoreClient::SlotsToAddresses(const Message& reply, const std::string& payload,
+                                             uint32_t expected,
                                              std::vector<std::byte*>* pages) const {
   if (payload.size() != 8ull * reply.count) return absl::InternalError("slot list size mismatch");
+  if (reply.count != expected) {
+    return absl::InternalError(
+        absl::StrCat("kvstore returned ", reply.count, " slots, expected ", expected));
+  }
   const uint64_t slots = segment_->header()->slot_count;
   pages->resize(reply.count);
   for (uint32_t i = 0; i < reply.count; ++i) {
@@ -228,17 +235,19 @@ absl::Status KvStoreClient::SlotsToAddresses(const Message& reply, const std::st
 }
 
 absl::Status KvStoreClient::Allocate(uint64_t handle, uint32_t layer, uint32_t count,
-                                     uint64_t* first_page, std::vector<std::byte*>* pages) {
+                                     uint64_t* first_page, std::vector<std::byte*>* pages,
+                                     uint64_t expected_first) {
   Message m{};
   m.op = uint32_t(Op::kAllocate);
   m.sequence = handle;
   m.layer = layer;
   m.count = count;
+  m.arg1 = expected_first;
   std::string reply;
   absl::Status s = Call(&m, nullptr, 0, &reply);
   if (!s.ok()) return s;
   *first_page = m.arg0;
-  return SlotsToAddresses(m, reply, pages);
+  return SlotsToAddresses(m, reply, count, pages);
 }
 
 absl::Status KvStoreClient::Commit(uint64_t handle, uint32_t layer, uint64_t length) {
@@ -269,7 +278,7 @@ absl::Status KvStoreClient::Pin(uint64_t handle, uint32_t layer, uint64_t first,
   std::string reply;
   absl::Status s = Call(&m, nullptr, 0, &reply);
   if (!s.ok()) return s;
-  return SlotsToAddresses(m, reply, pages);
+  return SlotsToAddresses(m, reply, count, pages);
 }
 
 absl::Status KvStoreClient::Unpin(uint64_t handle, uint32_t layer, uint64_t first, uint32_t count) {

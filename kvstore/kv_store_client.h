@@ -7,6 +7,7 @@
 // in time (re-attach to recover), RESOURCE_EXHAUSTED when the pool is full after spilling.
 // Thread-safe: calls are serialised (one request in flight per client).
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -55,8 +56,9 @@ class KvStoreClient {
   absl::Status DropSequence(uint64_t handle);
   absl::Status SuspendSequence(uint64_t handle);
   // Appends `count` pages to the layer, pinned by this client; `pages` gets their addresses.
+  // `expected_first` (kAnyPage: no check): FAILED_PRECONDITION unless the new pages start there.
   absl::Status Allocate(uint64_t handle, uint32_t layer, uint32_t count, uint64_t* first_page,
-                        std::vector<std::byte*>* pages);
+                        std::vector<std::byte*>* pages, uint64_t expected_first = kAnyPage);
   absl::Status Commit(uint64_t handle, uint32_t layer, uint64_t length);
   absl::Status Abort(uint64_t handle, uint32_t layer);
   absl::Status Pin(uint64_t handle, uint32_t layer, uint64_t first, uint32_t count,
@@ -79,7 +81,7 @@ class KvStoreClient {
                 uint64_t generation);
   // Whether the client slot is still ours (not reclaimed and handed to another client).
   bool OwnsSlot() const;
-  absl::Status SlotsToAddresses(const Message& reply, const std::string& payload,
+  absl::Status SlotsToAddresses(const Message& reply, const std::string& payload, uint32_t expected,
                                 std::vector<std::byte*>* pages) const;
   void Heartbeat();
 
@@ -90,7 +92,7 @@ class KvStoreClient {
   const uint64_t generation_;  // of our claim of the client slot
   std::mutex mu_;
   uint64_t next_request_ = 1;
-  bool broken_ = false;
+  std::atomic<bool> broken_{false};  // a call failed: never used again (re-attach)
   std::mutex beat_mu_;
   std::condition_variable beat_cv_;
   bool stopping_ = false;

@@ -15,7 +15,8 @@ inline constexpr uint64_t kShmMagic = 0x31304b5650484849ull;  // "IHIPKV01" litt
 inline constexpr uint32_t kLayoutVersion = 1;
 inline constexpr size_t kCacheLine = 64;
 inline constexpr size_t kHeaderBytes = 4096;
-inline constexpr size_t kPoolAlign = 2u << 20;  // 2 MiB
+inline constexpr size_t kPoolAlign = 2u << 20;      // 2 MiB
+inline constexpr uint64_t kAnyPage = ~uint64_t{0};  // Allocate's arg1: no expected first page
 
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
@@ -69,7 +70,8 @@ enum class Op : uint32_t {
   kCreateSequence = 1,  // mailbox in: SequenceSpec + id + metadata; out arg0: handle
   kOpenSequence = 2,    // mailbox in: id; out arg0: handle, mailbox out: spec + lengths + metadata
   kDropSequence = 3,    // sequence
-  kAllocate = 4,        // sequence, layer, count; out arg0: first page, mailbox out: slots
+  kAllocate = 4,        // sequence, layer, count, arg1 = expected first page (or kAnyPage);
+                        // out arg0: first page, mailbox out: slots
   kCommit = 5,          // sequence, layer, arg0 = new length
   kAbort = 6,           // sequence, layer
   kPin = 7,             // sequence, layer, arg0 = first page, count; mailbox out: slots

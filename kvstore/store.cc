@@ -363,13 +363,20 @@ absl::Status Store::Persist(const Sequence& s, uint32_t layer, uint64_t first_pa
 }
 
 absl::StatusOr<uint64_t> Store::Allocate(uint32_t client, uint64_t handle, uint32_t layer,
-                                         uint32_t count, std::vector<uint64_t>* slots) {
+                                         uint32_t count, std::vector<uint64_t>* slots,
+                                         uint64_t expected_first) {
   if (client >= client_pins_.size()) return absl::InvalidArgumentError("bad client index");
   if (count < 1) return absl::InvalidArgumentError("allocate needs count >= 1");
   std::lock_guard<std::mutex> lock(mu_);
   auto s = FindLayer(handle, layer);
   if (!s.ok()) return s.status();
   Layer& l = (*s)->layers[layer];
+  if (expected_first != kAnyPage && expected_first != l.pages.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer, " of '", (*s)->id, "' has ", l.pages.size(),
+        " pages; the client expected ", expected_first,
+        " (uncommitted pages of a client that is gone are freed when its lease ends)"));
+  }
   slots->clear();
   for (uint32_t i = 0; i < count; ++i) {
     auto slot = TakeSlot();

@@ -82,8 +82,10 @@ class Store {
 
   // Appends `count` pages to the layer, pinned by `client`; returns the first page index and the
   // slots. All or nothing.
+  // `expected_first` (kAnyPage: no check): FAILED_PRECONDITION unless the pages start there.
   absl::StatusOr<uint64_t> Allocate(uint32_t client, uint64_t handle, uint32_t layer,
-                                    uint32_t count, std::vector<uint64_t>* slots);
+                                    uint32_t count, std::vector<uint64_t>* slots,
+                                    uint64_t expected_first = kAnyPage);
   // Sets the layer's committed length (must not shrink, must fit the allocated pages). Protocol:
   // write into a page only while holding a pin on it, and commit before unpinning; a commit
   // covering a page that left the host tier meanwhile is FAILED_PRECONDITION (its writes are lost).

@@ -182,7 +182,8 @@ void StoreServer::Serve(uint32_t client, const Message& req) {
           break;
         }
         if (Op(req.op) == Op::kAllocate) {
-          auto first = store_->Allocate(client, req.sequence, req.layer, req.count, &slots);
+          auto first =
+              store_->Allocate(client, req.sequence, req.layer, req.count, &slots, req.arg1);
           status = first.status();
           if (first.ok()) reply.arg0 = *first;
         } else {

@@ -180,22 +180,22 @@ EngineStats CpuEngine::Stats() const {
 }
 
 absl::Status CpuEngine::ReleaseSequence(const SequenceId& id) {
-  std::shared_ptr<Sequence> seq;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = sequences_.find(id);
-    if (it == sequences_.end()) {
-      return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
-    }
-    seq = it->second;
-    sequences_.erase(it);
-  }
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
   // Take every layer's lock (in order; requests hold one at a time): work in flight finishes,
   // work that already found the sequence sees `released` and leaves the pages alone.
   std::vector<std::unique_lock<std::mutex>> locks;
   for (auto& layer : seq->layers) locks.emplace_back(layer->mu);
+  if (seq->released) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  // Drop the KV first: if the store fails (kvstore away), the sequence stays whole and the
+  // release can be retried. A store that no longer has it (a restarted kvstore) is fine.
+  absl::Status dropped = store_->DropSequence(id);
+  if (!dropped.ok() && dropped.code() != absl::StatusCode::kNotFound) return dropped;
   seq->released = true;
-  return store_->DropSequence(id);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = sequences_.find(id); it != sequences_.end() && it->second == seq) {
+    sequences_.erase(it);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<CpuEngine::Sequence>> CpuEngine::Find(const SequenceId& id) const {
@@ -210,10 +210,8 @@ absl::StatusOr<std::shared_ptr<CpuEngine::Sequence>> CpuEngine::Find(const Seque
 absl::StatusOr<SequenceInfo> CpuEngine::GetSequence(const SequenceId& id) const {
   IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
   SequenceInfo info{seq->id, seq->model, seq->config, {}};
-  for (auto& layer : seq->layers) {
-    std::lock_guard<std::mutex> lock(layer->mu);
-    info.layer_lengths.push_back(layer->length);
-  }
+  // Lengths are atomic: no waiting behind work in flight on the layers.
+  for (auto& layer : seq->layers) info.layer_lengths.push_back(layer->length.load());
   return info;
 }
 
@@ -251,8 +249,8 @@ absl::Status CpuEngine::WriteKv(const Sequence& seq, int layer, LayerState& stat
   const int64_t need_pages = (position + T + g.page_tokens - 1) / g.page_tokens;
   if (need_pages > int64_t(state.pages.size())) {
     std::vector<std::byte*> fresh;
-    IHIP_RETURN_IF_ERROR(
-        store_->Allocate(seq.id, layer, need_pages - int64_t(state.pages.size()), &fresh));
+    IHIP_RETURN_IF_ERROR(store_->Allocate(seq.id, layer, need_pages - int64_t(state.pages.size()),
+                                          &fresh, int64_t(state.pages.size())));
     state.pages.insert(state.pages.end(), fresh.begin(), fresh.end());
   }
   const size_t row = size_t(g.kv_heads) * g.head_dim;

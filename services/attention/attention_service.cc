@@ -273,6 +273,10 @@ absl::Status AttentionService::DoAttend(const AttendRequest& req, AttendResponse
     if (!next.count(key)) {
       auto info = engine_->GetSequence(it.sequence_id());
       if (!info.ok()) return Annotate(info.status(), where);
+      if (it.layer() >= info->layer_lengths.size()) {  // the id was reused meanwhile
+        return absl::FailedPreconditionError(
+            absl::StrCat(where, ": sequence '", it.sequence_id(), "' changed; retry"));
+      }
       next[key] = info->layer_lengths[it.layer()];
     }
     if (int64_t(it.position()) != next[key]) {
@@ -281,6 +285,11 @@ absl::Status AttentionService::DoAttend(const AttendRequest& req, AttendResponse
                        " of '", it.sequence_id(), "', which has ", next[key], " tokens"));
     }
     next[key] += it.num_tokens();
+    if (next[key] > m.max_context) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": tokens up to ", next[key],
+                                                     " exceed the sequence's max_context ",
+                                                     m.max_context));
+    }
   }
   // Run them. A failure here (capacity, deadline, cancellation) leaves the earlier items applied
   // and this one not; the status names the item.
@@ -480,6 +489,10 @@ absl::Status AttentionService::DoAppend(const ihip::v1::AppendKVChunk& c,
   }
   auto info = engine_->GetSequence(c.sequence_id());
   if (!info.ok()) return info.status();
+  if (c.layer() >= info->layer_lengths.size()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("sequence '", c.sequence_id(), "' changed; retry"));
+  }
   if (int64_t(c.position()) != info->layer_lengths[c.layer()]) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk.position ", c.position(), " does not follow layer ", c.layer(), " of '",
@@ -542,8 +555,11 @@ grpc::ServerUnaryReactor* AttentionService::ReleaseSequence(
     ihip::v1::ReleaseSequenceResponse* resp) {
   return Unary(ctx, "ReleaseSequence", [this, req]() -> absl::Status {
     absl::Status s = engine_->ReleaseSequence(req->sequence_id());
-    if (!s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
+    if (!s.ok() &&
+        !(s.code() == absl::StatusCode::kNotFound && entries_.count(req->sequence_id()))) {
+      return s;
+    }
     entries_.erase(req->sequence_id());
     metrics_->active_sequences->Set(double(entries_.size()));
     services::LogInfo(kLog, "released sequence '", req->sequence_id(), "'");

@@ -40,6 +40,10 @@ ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all hardware threads)");
 ABSL_FLAG(int, workers, 4, "requests computed at once (the rest queue)");
 ABSL_FLAG(int64_t, default_max_context, int64_t{1} << 22,
           "max_context of sequences created without one");
+ABSL_FLAG(int, max_message_mib, 1024,
+          "largest gRPC message accepted (q, k, v of a prefill chunk; clients split larger ones)");
+ABSL_FLAG(double, memory_capacity_gib, 16.0,
+          "--kv_backend=memory: KV bytes this process may hold (RESOURCE_EXHAUSTED beyond)");
 ABSL_FLAG(double, idle_unpin_seconds, 30.0,
           "unpin the KV of a (sequence, layer) unused this long, so the kvstore may spill it");
 
@@ -122,7 +126,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> stored_ids;
   const std::string kv_backend = absl::GetFlag(FLAGS_kv_backend);
   if (kv_backend == "memory") {
-    store = std::make_unique<engine::InMemoryPageStore>();
+    store = std::make_unique<engine::InMemoryPageStore>(
+        int64_t(absl::GetFlag(FLAGS_memory_capacity_gib) * double(1ull << 30)));
   } else if (kv_backend == "kvstore") {
     kv_admin = ihip::v1::KvStore::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_kvstore_address),
                                                               grpc::InsecureChannelCredentials()));
@@ -149,7 +154,9 @@ int main(int argc, char** argv) {
                       " sequences held by the kvstore");
   }
 
-  auto grpc_server = services::StartGrpcServer(absl::GetFlag(FLAGS_grpc_address), {&service});
+  auto grpc_server =
+      services::StartGrpcServer(absl::GetFlag(FLAGS_grpc_address), {&service},
+                                int(std::min(2047, absl::GetFlag(FLAGS_max_message_mib))) << 20);
   if (!grpc_server.ok()) return Fail(grpc_server.status());
 
   // Housekeeping once a second: unpin idle layers, watch the kvstore, refresh gauges.

@@ -164,5 +164,20 @@ TEST(PageGeometryTest, BytesAndValidation) {
   EXPECT_EQ(g.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ModelSpecLimitsTest, RejectsShapesTooLargeToServe) {
+  ModelSpec m;
+  m.num_layers = 4097;
+  EXPECT_NE(m.Validate().message().find("num_layers"), std::string::npos);
+  m = ModelSpec{};
+  m.num_q_heads = m.num_kv_heads = 2048;
+  EXPECT_EQ(m.Validate().code(), absl::StatusCode::kInvalidArgument);
+  m = ModelSpec{};
+  m.rope.mode = RopeMode::kExtend;
+  m.rope.theta = 500000;
+  m.rope.llama3 = Llama3Scaling{};
+  m.rope.llama3->factor = std::numeric_limits<double>::infinity();
+  EXPECT_NE(m.Validate().message().find("factor"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ihip::engine

@@ -376,6 +376,17 @@ TEST_F(StoreTest, ReleaseClientReleasesPinsAndFreesUncommittedPages) {
   EXPECT_CONSISTENT();
 }
 
+TEST_F(StoreTest, AllocateChecksTheExpectedFirstPage) {
+  StartStore(16);
+  const uint64_t h = Create("x");
+  std::vector<uint64_t> slots;
+  ASSERT_TRUE(store_->Allocate(0, h, 0, 2, &slots, 0).ok());
+  EXPECT_EQ(store_->Allocate(0, h, 0, 1, &slots, 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // the layer already has 2 pages
+  EXPECT_EQ(store_->Allocate(0, h, 0, 1, &slots, 2).value(), 2u);
+  EXPECT_CONSISTENT();
+}
+
 TEST_F(StoreTest, ReleaseClientFreesUncommittedPagesItNoLongerPins) {
   StartStore(16);
   const uint64_t h = Create("u");

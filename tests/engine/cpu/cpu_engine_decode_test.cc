@@ -278,7 +278,7 @@ class PoisoningPageStore final : public PageStore {
     return absl::OkStatus();
   }
   absl::Status Allocate(const SequenceId& id, int layer, int64_t count,
-                        std::vector<std::byte*>* pages) override {
+                        std::vector<std::byte*>* pages, int64_t first = -1) override {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = seqs_.find(id);
     if (it == seqs_.end()) return absl::NotFoundError(id);

@@ -245,6 +245,28 @@ TEST_F(ServerTest, EveryErrorPathAndNothingAppended) {
     EXPECT_EQ(stub_->Attend(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
   EXPECT_EQ(Lengths("e"), (std::vector<uint64_t>{100, 0, 0, 0}));
+  {  // A batch whose second item would pass max_context is rejected whole, up front.
+    grpc::ClientContext cctx;
+    v1::CreateSequenceRequest creq;
+    *creq.mutable_model() = SmallModel();
+    creq.mutable_model()->set_max_context(4);
+    creq.set_sequence_id("small");
+    v1::SequenceInfo info;
+    ASSERT_TRUE(stub_->CreateSequence(&cctx, creq, &info).ok());
+    grpc::ClientContext ctx;
+    v1::AttendRequest req;
+    *req.add_items() = DecodeItem("small", 0, 0, rng);
+    v1::AttendItem big = DecodeItem("small", 1, 0, rng);
+    big.set_num_tokens(8);
+    big.set_q(Floats(rng, size_t(8) * kHq * kD));
+    big.set_k(Floats(rng, size_t(8) * kHkv * kD));
+    big.set_v(Floats(rng, size_t(8) * kHkv * kD));
+    *req.add_items() = big;
+    v1::AttendResponse resp;
+    grpc::Status s = stub_->Attend(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_EQ(Lengths("small"), (std::vector<uint64_t>{0, 0, 0, 0}));
+  }
   {  // Bad model spec.
     grpc::ClientContext ctx;
     v1::CreateSequenceRequest req;
