@@ -102,9 +102,11 @@ class Engine {
   // Unpins the pages of every layer unused for at least `idle` (so the page store may spill
   // them); returns how many layers it unpinned.
   virtual int UnpinIdle(absl::Duration idle) = 0;
-  // Forgets every pin without unpinning (the page store lost them: its kvstore restarted); pages
-  // are pinned again on next use.
-  virtual void ForgetPins() = 0;
+  // After the page store was re-attached (its kvstore restarted): forgets every pin without
+  // unpinning (they died with the old store), re-reads every layer's committed length from the
+  // store (the source of truth), and returns the sequences the store no longer holds (the engine
+  // still has them: release them). Pages are pinned again on next use.
+  virtual std::vector<SequenceId> Resync() = 0;
   virtual EngineStats Stats() const = 0;
   virtual absl::Status ReleaseSequence(const SequenceId& id) = 0;
   virtual absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const = 0;

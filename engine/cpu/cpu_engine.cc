@@ -144,20 +144,30 @@ int CpuEngine::UnpinIdle(absl::Duration idle) {
   return unpinned;
 }
 
-void CpuEngine::ForgetPins() {
+std::vector<SequenceId> CpuEngine::Resync() {
   std::vector<std::shared_ptr<Sequence>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [id, seq] : sequences_) all.push_back(seq);
   }
+  std::vector<SequenceId> lost;
   for (const auto& seq : all) {
-    for (auto& layer : seq->layers) {
-      std::lock_guard<std::mutex> lock(layer->mu);
-      layer->pages.clear();
-      layer->pinned = false;
-      layer->cache = MaskCache{};
+    std::vector<std::unique_lock<std::mutex>> locks;
+    for (auto& layer : seq->layers) locks.emplace_back(layer->mu);
+    if (seq->released) continue;
+    auto stored = store_->OpenSequence(seq->id);
+    for (size_t l = 0; l < seq->layers.size(); ++l) {
+      LayerState& state = *seq->layers[l];
+      state.pages.clear();
+      state.pinned = false;
+      state.cache = MaskCache{};
+      if (stored.ok() && l < stored->lengths.size()) state.length = stored->lengths[l];
+    }
+    if (!stored.ok() && stored.status().code() == absl::StatusCode::kNotFound) {
+      lost.push_back(seq->id);
     }
   }
+  return lost;
 }
 
 EngineStats CpuEngine::Stats() const {

@@ -36,7 +36,7 @@ class CpuEngine final : public Engine {
                                const HipConfig& config) override;
   absl::Status SuspendSequence(const SequenceId& id) override;
   int UnpinIdle(absl::Duration idle) override;
-  void ForgetPins() override;
+  std::vector<SequenceId> Resync() override;
   EngineStats Stats() const override;
   absl::Status ReleaseSequence(const SequenceId& id) override;
   absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const override;

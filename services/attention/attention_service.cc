@@ -3,7 +3,6 @@
 #include <atomic>
 #include <cctype>
 #include <random>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -99,22 +98,14 @@ int AttentionService::Recover(const std::vector<std::string>& ids, engine::PageS
   return recovered;
 }
 
-int AttentionService::Reconcile(const std::vector<std::string>& held) {
-  const std::set<std::string> keep(held.begin(), held.end());
-  std::vector<std::string> lost;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [id, e] : entries_) {
-      if (!keep.count(id)) lost.push_back(id);
-    }
-    for (const std::string& id : lost) entries_.erase(id);
-    metrics_->active_sequences->Set(double(entries_.size()));
-  }
+void AttentionService::DropLost(const std::vector<std::string>& lost) {
   for (const std::string& id : lost) {
     (void)engine_->ReleaseSequence(id);  // the store no longer has it: only the engine's state
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.erase(id);
+    metrics_->active_sequences->Set(double(entries_.size()));
     services::LogWarning(kLog, "sequence '", id, "' is gone from the restarted kvstore");
   }
-  return int(lost.size());
 }
 
 grpc::ServerUnaryReactor* AttentionService::Unary(grpc::CallbackServerContext* ctx,

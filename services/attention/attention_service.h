@@ -37,9 +37,9 @@ class AttentionService final : public ihip::v1::Attention::CallbackService {
   // Re-registers the sequences `store` holds (created before a restart) from the metadata kept
   // with them. Returns how many were recovered; unreadable ones are logged and skipped.
   int Recover(const std::vector<std::string>& ids, engine::PageStore* store);
-  // After the page store came back (kvstore restart): drops the sequences it no longer holds.
-  // Returns how many were dropped.
-  int Reconcile(const std::vector<std::string>& held);
+  // After the page store came back (kvstore restart): drops the sequences it no longer holds
+  // (Engine::Resync's answer).
+  void DropLost(const std::vector<std::string>& lost);
   size_t sequences() const;
 
   grpc::ServerUnaryReactor* CreateSequence(grpc::CallbackServerContext* ctx,

@@ -174,11 +174,11 @@ int main(int argc, char** argv) {
     }
     auto* page_store = static_cast<engine::KvStorePageStore*>(store.get());
     page_store->Reattach(attached->client.get());
-    eng.ForgetPins();
+    const std::vector<std::string> lost = eng.Resync();
     kv_client = std::move(attached->client);  // the old client goes now, unused
-    const int lost = service.Reconcile(attached->sequences);
-    services::LogInfo(kName, "re-attached to ihip-kvstore segment ", attached->segment, "; ", lost,
-                      " sequences lost with its restart");
+    service.DropLost(lost);
+    services::LogInfo(kName, "re-attached to ihip-kvstore segment ", attached->segment, "; ",
+                      lost.size(), " sequences lost with its restart");
     return true;
   };
   auto refresh = [&] {
