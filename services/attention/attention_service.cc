@@ -409,10 +409,14 @@ class AppendReactor : public grpc::ServerReadReactor<ihip::v1::AppendKVChunk> {
     StartRead(&chunk_);
   }
   void OnReadDone(bool ok) override {
-    if (!ok) {
-      service_->metrics().OnRequest("AppendKV", absl::StatusCode::kOk, absl::ZeroDuration(),
-                                    engine_time_, absl::Now() - start_);
-      Finish(grpc::Status::OK);
+    if (!ok) {  // the client half-closed — or the call was cancelled
+      const absl::StatusCode code =
+          cancelled_.load() ? absl::StatusCode::kCancelled : absl::StatusCode::kOk;
+      service_->metrics().OnRequest("AppendKV", code, absl::ZeroDuration(), engine_time_,
+                                    absl::Now() - start_);
+      Finish(code == absl::StatusCode::kOk
+                 ? grpc::Status::OK
+                 : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       return;
     }
     service_->executor().Submit([this] {
