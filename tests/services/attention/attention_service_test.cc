@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -57,8 +58,16 @@ class ServerTest : public ::testing::Test {
     shm_ = absl::StrCat("/ihip-test-", getpid(), "-srv");
   }
   void TearDown() override {
-    server_.reset();
-    kvstore_.reset();
+    // Graceful stops, so the kvstore unlinks its segment; shm_unlink as a fallback (a kvstore
+    // killed by a test leaves it behind).
+    for (auto* p : {&server_, &kvstore_}) {
+      if (*p != nullptr && (*p)->running()) {
+        (*p)->Signal(SIGTERM);
+        (*p)->Wait(absl::Seconds(20));
+      }
+      p->reset();
+    }
+    shm_unlink(shm_.c_str());
     testing::RemoveTree(dir_);
   }
 

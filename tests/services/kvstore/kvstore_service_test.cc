@@ -55,7 +55,12 @@ class KvStoreServiceTest : public ::testing::Test {
     shm_ = UniqueShmName();
   }
   void TearDown() override {
+    if (server_ != nullptr && server_->running()) {
+      server_->Signal(SIGTERM);  // graceful: the kvstore unlinks its segment
+      server_->Wait(absl::Seconds(20));
+    }
     server_.reset();
+    shm_unlink(shm_.c_str());  // in case a test killed it
     testing::RemoveTree(dir_);
   }
 
