@@ -117,6 +117,10 @@ class Engine {
   // rejected, cancelled or expired item appends nothing.
   virtual absl::Status Attend(const AttendItem& item, AttendResult* result) = 0;
 
+  // Undoes appends: shrinks a layer to `length` tokens (<= its length) and resets its mask cache.
+  // For a service whose multi-item request failed after earlier items were applied.
+  virtual absl::Status Truncate(const SequenceId& id, int layer, int64_t length) = 0;
+
   // Appends KV without queries (bulk import). Same validation; invalidates the layer's mask
   // cache (the next decode step runs every stage).
   virtual absl::Status AppendKv(const SequenceId& id, int layer, int64_t position, int num_tokens,

@@ -117,6 +117,18 @@ absl::Status InMemoryPageStore::Abort(const SequenceId& id, int layer) {
   return absl::OkStatus();
 }
 
+absl::Status InMemoryPageStore::Truncate(const SequenceId& id, int layer, int64_t length) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    IHIP_ASSIGN_OR_RETURN(Layer * l, FindLayer(id, layer));
+    if (length < 0 || length > l->length) {
+      return absl::FailedPreconditionError("truncate past the committed length");
+    }
+    l->length = length;
+  }
+  return Abort(id, layer);  // frees the pages past the new length
+}
+
 absl::StatusOr<int64_t> InMemoryPageStore::Length(const SequenceId& id, int layer) {
   std::lock_guard<std::mutex> lock(mu_);
   IHIP_ASSIGN_OR_RETURN(Layer * l, FindLayer(id, layer));

@@ -28,6 +28,7 @@ class InMemoryPageStore final : public PageStore {
                         std::vector<std::byte*>* pages, int64_t first = -1) override;
   absl::Status Commit(const SequenceId& id, int layer, int64_t length) override;
   absl::Status Abort(const SequenceId& id, int layer) override;
+  absl::Status Truncate(const SequenceId& id, int layer, int64_t length) override;
   absl::StatusOr<int64_t> Length(const SequenceId& id, int layer) override;
   absl::Status Pin(const SequenceId& id, int layer, int64_t first, int64_t count,
                    std::vector<std::byte*>* pages) override;

@@ -115,6 +115,14 @@ absl::Status KvStorePageStore::Abort(const SequenceId& id, int layer) {
   return client_->Abort(e->handle, uint32_t(layer));
 }
 
+absl::Status KvStorePageStore::Truncate(const SequenceId& id, int layer, int64_t length) {
+  std::lock_guard<std::mutex> lock(mu_);
+  IHIP_ASSIGN_OR_RETURN(Entry * e, Find(id));
+  IHIP_RETURN_IF_ERROR(client_->Truncate(e->handle, uint32_t(layer), uint64_t(length)));
+  if (layer >= 0 && layer < int(e->lengths.size())) e->lengths[layer] = length;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> KvStorePageStore::Length(const SequenceId& id, int layer) {
   std::lock_guard<std::mutex> lock(mu_);
   IHIP_ASSIGN_OR_RETURN(Entry * e, Find(id));

@@ -54,6 +54,8 @@ class PageStore {
   virtual absl::Status Commit(const SequenceId& id, int layer, int64_t length) = 0;
   // Frees pages past the committed length (a rejected or cancelled append).
   virtual absl::Status Abort(const SequenceId& id, int layer) = 0;
+  // Shrinks the committed length (undoing a committed append) and frees the pages past it.
+  virtual absl::Status Truncate(const SequenceId& id, int layer, int64_t length) = 0;
   // Returns the committed length of a layer.
   virtual absl::StatusOr<int64_t> Length(const SequenceId& id, int layer) = 0;
 

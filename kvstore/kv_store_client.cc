@@ -267,6 +267,15 @@ absl::Status KvStoreClient::Abort(uint64_t handle, uint32_t layer) {
   return Call(&m);
 }
 
+absl::Status KvStoreClient::Truncate(uint64_t handle, uint32_t layer, uint64_t length) {
+  Message m{};
+  m.op = uint32_t(Op::kTruncate);
+  m.sequence = handle;
+  m.layer = layer;
+  m.arg0 = length;
+  return Call(&m);
+}
+
 absl::Status KvStoreClient::Pin(uint64_t handle, uint32_t layer, uint64_t first, uint32_t count,
                                 std::vector<std::byte*>* pages) {
   Message m{};

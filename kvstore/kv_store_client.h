@@ -61,6 +61,7 @@ class KvStoreClient {
                         std::vector<std::byte*>* pages, uint64_t expected_first = kAnyPage);
   absl::Status Commit(uint64_t handle, uint32_t layer, uint64_t length);
   absl::Status Abort(uint64_t handle, uint32_t layer);
+  absl::Status Truncate(uint64_t handle, uint32_t layer, uint64_t length);
   absl::Status Pin(uint64_t handle, uint32_t layer, uint64_t first, uint32_t count,
                    std::vector<std::byte*>* pages);
   absl::Status Unpin(uint64_t handle, uint32_t layer, uint64_t first, uint32_t count);

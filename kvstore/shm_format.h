@@ -78,6 +78,7 @@ enum class Op : uint32_t {
   kUnpin = 8,           // sequence, layer, arg0 = first page, count
   kDetach = 9,
   kSuspendSequence = 10,  // unpinned pages of the sequence leave the host tier
+  kTruncate = 11,         // sequence, layer, arg0 = new (shorter or equal) committed length
 };
 
 struct Message {

@@ -454,6 +454,31 @@ absl::Status Store::Abort(uint64_t handle, uint32_t layer) {
   return absl::OkStatus();
 }
 
+absl::Status Store::Truncate(uint64_t handle, uint32_t layer, uint64_t length) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto s = FindLayer(handle, layer);
+  if (!s.ok()) return s.status();
+  Sequence& seq = **s;
+  Layer& l = seq.layers[layer];
+  if (length > l.length) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("truncate to ", length, " past the ", l.length, " committed tokens"));
+  }
+  const uint64_t old = l.length;
+  l.length = length;
+  if (options_.durable) {
+    absl::Status w = Persist(seq, layer, 0, 0);  // the manifest only
+    if (!w.ok()) {
+      l.length = old;
+      return w;
+    }
+  }
+  const uint64_t keep = seq.committed_pages(layer);
+  for (uint64_t i = keep; i < l.pages.size(); ++i) FreePage({handle, layer, i}, l.pages[i]);
+  l.pages.resize(std::min<uint64_t>(keep, l.pages.size()));
+  return absl::OkStatus();
+}
+
 absl::Status Store::Pin(uint32_t client, uint64_t handle, uint32_t layer, uint64_t first,
                         uint32_t count, std::vector<uint64_t>* slots) {
   if (client >= client_pins_.size()) return absl::InvalidArgumentError("bad client index");

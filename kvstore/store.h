@@ -92,6 +92,9 @@ class Store {
   absl::Status Commit(uint64_t handle, uint32_t layer, uint64_t length);
   // Frees the pages past the committed length.
   absl::Status Abort(uint64_t handle, uint32_t layer);
+  // Shrinks the committed length (undoing appends of a request that failed later) and frees the
+  // pages past it, pinned or not. Durable stores write the manifest through.
+  absl::Status Truncate(uint64_t handle, uint32_t layer, uint64_t length);
   // Pins pages [first, first + count), fetching spilled ones back; returns their slots.
   absl::Status Pin(uint32_t client, uint64_t handle, uint32_t layer, uint64_t first, uint32_t count,
                    std::vector<uint64_t>* slots);

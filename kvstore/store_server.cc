@@ -203,6 +203,9 @@ void StoreServer::Serve(uint32_t client, const Message& req) {
       case Op::kAbort:
         status = store_->Abort(req.sequence, req.layer);
         break;
+      case Op::kTruncate:
+        status = store_->Truncate(req.sequence, req.layer, req.arg0);
+        break;
       case Op::kUnpin:
         status = store_->Unpin(client, req.sequence, req.layer, req.arg0, req.count);
         break;

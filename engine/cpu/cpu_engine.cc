@@ -291,6 +291,26 @@ absl::Status CpuEngine::CommitOrAbort(const Sequence& seq, int layer, LayerState
   return status;
 }
 
+absl::Status CpuEngine::Truncate(const SequenceId& id, int layer, int64_t length) {
+  IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));
+  if (layer < 0 || layer >= seq->model.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range"));
+  }
+  LayerState& state = *seq->layers[layer];
+  std::lock_guard<std::mutex> lock(state.mu);
+  if (seq->released) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
+  if (length < 0 || length > state.length) {
+    return absl::InvalidArgumentError(absl::StrCat("truncate of layer ", layer, " to ", length,
+                                                   " tokens; it has ", state.length.load()));
+  }
+  IHIP_RETURN_IF_ERROR(store_->Truncate(id, layer, length));
+  state.length = length;
+  const int64_t keep = (length + seq->geometry.page_tokens - 1) / seq->geometry.page_tokens;
+  if (state.pinned) state.pages.resize(std::min<int64_t>(keep, int64_t(state.pages.size())));
+  state.cache = MaskCache{};
+  return absl::OkStatus();
+}
+
 absl::Status CpuEngine::AppendKv(const SequenceId& id, int layer, int64_t position, int num_tokens,
                                  const void* k, const void* v) {
   IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, Find(id));

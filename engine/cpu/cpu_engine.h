@@ -42,6 +42,7 @@ class CpuEngine final : public Engine {
   absl::StatusOr<SequenceInfo> GetSequence(const SequenceId& id) const override;
   std::vector<SequenceId> ListSequences() const override;
   absl::Status Attend(const AttendItem& item, AttendResult* result) override;
+  absl::Status Truncate(const SequenceId& id, int layer, int64_t length) override;
   absl::Status AppendKv(const SequenceId& id, int layer, int64_t position, int num_tokens,
                         const void* k, const void* v) override;
   const char* backend_name() const override { return "cpu"; }

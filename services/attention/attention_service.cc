@@ -308,7 +308,20 @@ absl::Status AttentionService::DoAttend(const AttendRequest& req, AttendResponse
     const absl::Time t0 = absl::Now();
     absl::Status s = engine_->Attend(e, &r);
     work->engine_time += absl::Now() - t0;
-    if (!s.ok()) return Annotate(s, absl::StrCat("items[", i, "]"));
+    if (!s.ok()) {
+      // Undo the items already applied, newest first: the request changes nothing.
+      for (int j = i - 1; j >= 0; --j) {
+        const ihip::v1::AttendItem& done = req.items(j);
+        absl::Status undo =
+            engine_->Truncate(done.sequence_id(), int(done.layer()), int64_t(done.position()));
+        if (!undo.ok()) {
+          services::LogError(kLog, "could not undo items[", j, "] after items[", i,
+                             "] failed: ", undo.ToString());
+        }
+      }
+      resp->clear_results();
+      return Annotate(s, absl::StrCat("items[", i, "]"));
+    }
     MarkUsed(it.sequence_id());
     metrics_->OnAppend(it.num_tokens());
     metrics_->OnAttend(it.num_tokens(), r.attended_keys, r.refreshed_from_stage,

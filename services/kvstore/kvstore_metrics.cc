@@ -28,6 +28,8 @@ const char* OpName(Op op) {
       return "detach";
     case Op::kSuspendSequence:
       return "suspend_sequence";
+    case Op::kTruncate:
+      return "truncate";
     default:
       return "unknown";
   }
@@ -80,7 +82,7 @@ KvStoreMetrics::KvStoreMetrics(prometheus::Registry& r)
                                  "Committed bytes written through to disk (durable mode)");
   const prometheus::Histogram::BucketBoundaries buckets = {1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4,
                                                            2e-4, 5e-4, 1e-3, 5e-3, 2e-2, 1e-1, 1.0};
-  for (uint32_t op = 1; op <= 10; ++op) {
+  for (uint32_t op = 1; op <= 11; ++op) {
     by_op_[op] = &request_seconds_.Add({{"op", OpName(Op(op))}}, buckets);
   }
   by_op_[0] = &request_seconds_.Add({{"op", "unknown"}}, buckets);

@@ -288,7 +288,7 @@ TEST_F(KvStoreClientTest, CorruptMessagesGetErrorCompletionsAndTheClientGoesOn) 
   const uint64_t box = segment_->header()->mailbox_bytes;
 
   // Unknown ops.
-  for (uint32_t op : {0u, 11u, 999u, 0xffffffffu}) {
+  for (uint32_t op : {0u, 12u, 999u, 0xffffffffu}) {  // 11 is kTruncate
     Message m{};
     m.op = op;
     m.sequence = *h;

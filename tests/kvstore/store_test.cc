@@ -376,6 +376,25 @@ TEST_F(StoreTest, ReleaseClientReleasesPinsAndFreesUncommittedPages) {
   EXPECT_CONSISTENT();
 }
 
+TEST_F(StoreTest, TruncateUndoesCommittedAppends) {
+  StoreOptions so;
+  so.durable = true;
+  StartStore(16, true, so);
+  const uint64_t h = Create("t");
+  for (int i = 0; i < 3; ++i) AppendCommitUnpin(0, h, 0);
+  EXPECT_EQ(store_->Truncate(h, 0, 4 * kTokens).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->Truncate(h, 0, kTokens + 5).ok());
+  EXPECT_EQ(PagesOf(h, 0), 2u);
+  EXPECT_EQ(store_->Stats().slots_used, 2u);
+  EXPECT_CONSISTENT();
+  StopAll();
+  shm_name_.clear();
+  StartStore(16, true, so);
+  ASSERT_TRUE(store_->Recover().ok());
+  EXPECT_EQ(store_->OpenSequence("t")->layer_lengths, (std::vector<uint64_t>{kTokens + 5}));
+  ExpectPages(0, h, 0, 0, 2);
+}
+
 TEST_F(StoreTest, AllocateChecksTheExpectedFirstPage) {
   StartStore(16);
   const uint64_t h = Create("x");

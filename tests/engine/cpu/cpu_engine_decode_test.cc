@@ -264,6 +264,9 @@ class PoisoningPageStore final : public PageStore {
     return absl::UnimplementedError("not needed by this test");
   }
   absl::Status SuspendSequence(const SequenceId& id) override { return absl::OkStatus(); }
+  absl::Status Truncate(const SequenceId& id, int layer, int64_t length) override {
+    return absl::UnimplementedError("not needed by this test");
+  }
   absl::Status DropSequence(const SequenceId& id) override {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = seqs_.find(id);

@@ -473,6 +473,7 @@ TEST_F(ServerTest, AnExpiredDeadlineStopsTheWorkAndAppendsNothing) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   v1::AttendRequest req;
+  *req.add_items() = DecodeItem("d", 1, 0, rng);  // applied first, then undone
   *req.add_items() = it;
   v1::AttendResponse resp;
   const absl::Time t0 = absl::Now();
