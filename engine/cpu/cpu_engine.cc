@@ -59,11 +59,20 @@ absl::StatusOr<std::shared_ptr<CpuEngine::Sequence>> CpuEngine::NewSequence(
 absl::Status CpuEngine::CreateSequence(const SequenceId& id, const ModelSpec& model,
                                        const HipConfig& config, const std::string& metadata) {
   IHIP_ASSIGN_OR_RETURN(std::shared_ptr<Sequence> seq, NewSequence(id, model, config));
-  std::lock_guard<std::mutex> lock(mu_);
-  if (sequences_.count(id)) {
-    return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
+  {
+    // Reserve the id; the store's round trip (a RocksDB write when durable) happens without
+    // holding the map's lock, so requests on other sequences do not wait for it.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sequences_.count(id) || creating_.count(id)) {
+      return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
+    }
+    creating_.insert(id);
   }
-  IHIP_RETURN_IF_ERROR(store_->CreateSequence(id, model.num_layers, seq->geometry, metadata));
+  const absl::Status created =
+      store_->CreateSequence(id, model.num_layers, seq->geometry, metadata);
+  std::lock_guard<std::mutex> lock(mu_);
+  creating_.erase(id);
+  if (!created.ok()) return created;
   sequences_[id] = std::move(seq);
   return absl::OkStatus();
 }
@@ -84,7 +93,7 @@ absl::Status CpuEngine::RecoverSequence(const SequenceId& id, const ModelSpec& m
     seq->layers[l]->pinned = false;  // pinned on first use
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (sequences_.count(id)) {
+  if (sequences_.count(id) || creating_.count(id)) {
     return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
   }
   sequences_[id] = std::move(seq);

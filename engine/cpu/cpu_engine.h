@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "engine/cpu/thread_pool.h"
@@ -97,6 +98,7 @@ class CpuEngine final : public Engine {
   ThreadPool pool_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Sequence>> sequences_;
+  std::unordered_set<std::string> creating_;  // ids whose CreateSequence is in the store
 };
 
 }  // namespace ihip::engine::cpu
