@@ -89,15 +89,7 @@ int RunDemoNeedle() {
               absl::GetFlag(FLAGS_preset).c_str(), absl::GetFlag(FLAGS_refresh).c_str(),
               cfg.sink_tokens, cfg.window_tokens, cfg.final_tokens());
 
-  engine::synthetic::SyntheticOptions so;
-  so.length = context;
-  so.seed = absl::GetFlag(FLAGS_seed);
-  so.needle_margin = absl::GetFlag(FLAGS_margin);
-  so.sink_tokens = cfg.sink_tokens;
-  so.window_tokens = cfg.window_tokens;
-  ProgressBar gen_bar("building context");
-  const auto data = engine::synthetic::Generate(so, [&](double f) { gen_bar.Update(f); });
-  gen_bar.Done();
+  const auto data = BuildDemoContext(context, cfg);
 
   v1::CreateSequenceRequest create;
   *create.mutable_model() = DemoModel(context);
@@ -141,7 +133,7 @@ int RunDemoNeedle() {
                      " masks for one decode item with return_selected_blocks (expected 1 and 1)")));
   }
   const v1::AttendResult& r = resp->results(0);
-  const size_t out_elems = size_t(so.num_q_heads) * so.head_dim;
+  const size_t out_elems = size_t(data.options.num_q_heads) * data.options.head_dim;
   if (r.o().size() != out_elems * 2) {
     return Fail(absl::InternalError(
         absl::StrCat("Attend returned ", r.o().size(), " bytes of o, expected ", out_elems * 2)));

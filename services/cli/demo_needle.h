@@ -10,6 +10,9 @@
 
 #include <cstdint>
 
+#include "engine/hip_config.h"
+#include "engine/synthetic/synthetic_data.h"
+
 namespace ihip::cli {
 
 constexpr int kDemoLayer = 16;                   // default --layer of the demo
@@ -17,5 +20,8 @@ constexpr int64_t kDemoDefaultContext = 131072;  // default --context of the dem
 
 int64_t DemoContext();         // --context, or the default when it is 0
 int RunDemoNeedleInProcess();  // returns the process exit code
+// The demo's synthetic context (--seed, --margin; the layer's sink and window), with a
+// progress bar. Shared by both modes.
+engine::synthetic::SyntheticData BuildDemoContext(int64_t context, const engine::LayerConfig& cfg);
 
 }  // namespace ihip::cli

@@ -28,6 +28,19 @@ double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 }  // namespace
 
+engine::synthetic::SyntheticData BuildDemoContext(int64_t context, const engine::LayerConfig& cfg) {
+  engine::synthetic::SyntheticOptions so;
+  so.length = context;
+  so.seed = absl::GetFlag(FLAGS_seed);
+  so.needle_margin = absl::GetFlag(FLAGS_margin);
+  so.sink_tokens = cfg.sink_tokens;
+  so.window_tokens = cfg.window_tokens;
+  ProgressBar bar("building context");
+  auto data = engine::synthetic::Generate(so, [&](double f) { bar.Update(f); });
+  bar.Done();
+  return data;
+}
+
 int RunDemoNeedleInProcess() {
   const int64_t context = DemoContext();
   auto preset = engine::ParseHipPreset(absl::GetFlag(FLAGS_preset));
@@ -54,15 +67,7 @@ int RunDemoNeedleInProcess() {
               engine::HipPresetName(*preset), engine::RefreshPresetName(*refresh), cfg.sink_tokens,
               cfg.window_tokens, cfg.final_tokens());
 
-  engine::synthetic::SyntheticOptions so;
-  so.length = context;
-  so.seed = absl::GetFlag(FLAGS_seed);
-  so.needle_margin = absl::GetFlag(FLAGS_margin);
-  so.sink_tokens = cfg.sink_tokens;
-  so.window_tokens = cfg.window_tokens;
-  ProgressBar gen_bar("building context");
-  const auto data = engine::synthetic::Generate(so, [&](double f) { gen_bar.Update(f); });
-  gen_bar.Done();
+  const auto data = BuildDemoContext(context, cfg);
 
   engine::InMemoryPageStore store;
   engine::cpu::CpuEngineOptions eo;
