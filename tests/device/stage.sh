@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds what the GPU machine runs and stages it into .device/ (binaries + their non-CUDA shared
+# libraries, stripped; see ../shared/tools/stage-for-device), with the list of `gpu`-labelled
+# tests. Then call the device tool with carry [".device"] and run tests/device/run.sh there.
+#   tests/device/stage.sh            # build + stage everything run.sh uses
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${IHIP_BUILD_DIR:-build}
+grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+
+# The gpu-labelled tests, as ctest knows them.
+deploy/local/build.sh >/dev/null
+mapfile -t gpu_tests < <(cd "$build" && ctest -L gpu -N -V | sed -n 's/^[0-9]*: Test command: //p' \
+  | awk '{print $1}')
+bins=("${gpu_tests[@]}")
+for b in tests/bench/cuda_decode_bench tests/bench/kvstore_bench services/attention/ihip-server \
+         services/kvstore/ihip-kvstore services/cli/ihip; do
+  [ -x "$build/$b" ] && bins+=("$build/$b")
+done
+rm -rf .device
+../shared/tools/stage-for-device .device "${bins[@]}" >/dev/null
+strip .device/bin/* .device/lib/* 2>/dev/null || true
+printf '%s\n' "${gpu_tests[@]}" | xargs -n1 basename > .device/gpu_tests.txt
+du -sh .device
