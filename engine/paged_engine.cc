@@ -24,6 +24,16 @@ PagedEngine::PagedEngine(const PagedEngineOptions& options, PageStore* store)
 
 PagedEngine::~PagedEngine() = default;
 
+void PagedEngine::ReleaseBackendStates() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [id, seq] : sequences_) {
+    for (auto& layer : seq->layers) {
+      std::lock_guard<std::mutex> layer_lock(layer->mu);
+      layer->backend.reset();
+    }
+  }
+}
+
 absl::StatusOr<std::shared_ptr<PagedEngine::Sequence>> PagedEngine::NewSequence(
     const SequenceId& id, const ModelSpec& model, const HipConfig& config) const {
   if (id.empty()) return absl::InvalidArgumentError("sequence_id must not be empty");

@@ -23,6 +23,12 @@
 
 namespace ihip::engine {
 
+// A backend's own state of one (sequence, layer) (PagedEngine::LayerState::backend), destroyed
+// with the layer.
+struct LayerBackendState {
+  virtual ~LayerBackendState() = default;
+};
+
 struct PagedEngineOptions {
   int max_tokens_per_item = 65536;  // T above this is INVALID_ARGUMENT (bounds one call's memory)
   int page_tokens = 64;             // tokens per KV page (DESIGN §4)
@@ -52,10 +58,6 @@ class PagedEngine : public Engine {
                         const void* k, const void* v) override;
 
  protected:
-  // A backend's own state of one (sequence, layer), destroyed with the layer.
-  struct LayerBackendState {
-    virtual ~LayerBackendState() = default;
-  };
   struct LayerState {
     std::mutex mu;
     // Written under `mu`; atomic so that Stats() reads them without waiting for work in flight.
@@ -108,6 +110,9 @@ class PagedEngine : public Engine {
   virtual void OnUnpinned(const Sequence& seq, int layer, LayerState& state) {}
 
   const PagedEngineOptions& options() const { return options_; }
+  // Destroys every layer's backend state (a backend's destructor calls it while the resources
+  // that state points into are still alive).
+  void ReleaseBackendStates();
 
  private:
   absl::StatusOr<std::shared_ptr<Sequence>> Find(const SequenceId& id) const;

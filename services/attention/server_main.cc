@@ -16,6 +16,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "engine/cpu/cpu_engine.h"
+#ifdef IHIP_HAVE_CUDA_BACKEND
+#include "engine/cuda/cuda_engine.h"
+#endif
 #include "engine/in_memory_page_store.h"
 #include "engine/kvstore_page_store.h"
 #include "ihip/v1/kvstore.grpc.pb.h"
@@ -37,6 +40,10 @@ ABSL_FLAG(std::string, kvstore_address, "127.0.0.1:50052", "ihip-kvstore admin g
 ABSL_FLAG(std::string, backend, "auto",
           "compute backend: auto (CUDA when a GPU is present, else CPU), cpu, cuda");
 ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all hardware threads)");
+ABSL_FLAG(int, cuda_device, 0, "CUDA backend: device ordinal");
+ABSL_FLAG(double, max_device_gib, 0,
+          "CUDA backend: GPU memory the KV copies may take, GiB (0 = 90% of the free memory)");
+ABSL_FLAG(bool, cuda_graphs, true, "CUDA backend: replay captured CUDA graphs for decode steps");
 ABSL_FLAG(int, workers, 4, "requests computed at once (the rest queue)");
 ABSL_FLAG(int64_t, default_max_context, int64_t{1} << 22,
           "max_context of sequences created without one");
@@ -92,6 +99,42 @@ absl::StatusOr<Attached> AttachKvStore(ihip::v1::KvStore::Stub& admin,
   return out;
 }
 
+// The compute backend: CUDA when asked for (or, with auto, when a GPU is usable), else the CPU.
+absl::StatusOr<std::unique_ptr<ihip::engine::Engine>> MakeEngine(
+    const std::string& backend, const ihip::engine::cpu::CpuEngineOptions& cpu_opts,
+    ihip::engine::PageStore* store) {
+#ifdef IHIP_HAVE_CUDA_BACKEND
+  if (backend == "cuda" || (backend == "auto" && ihip::engine::cuda::CudaAvailable())) {
+    ihip::engine::cuda::CudaEngineOptions opts;
+    opts.device = absl::GetFlag(FLAGS_cuda_device);
+    opts.max_tokens_per_item = cpu_opts.max_tokens_per_item;
+    opts.page_tokens = cpu_opts.page_tokens;
+    opts.max_device_gib = absl::GetFlag(FLAGS_max_device_gib);
+    opts.use_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    auto made = ihip::engine::cuda::NewCudaEngine(opts, store);
+    if (!made.ok()) {
+      return absl::Status(made.status().code(),
+                          absl::StrCat("--backend=", backend, ": ", made.status().message()));
+    }
+    ihip::services::LogInfo(kName, "compute backend: CUDA on ",
+                      ihip::engine::cuda::DescribeDevice(opts.device));
+    return made;
+  }
+#else
+  if (backend == "cuda") {
+    return absl::UnimplementedError(
+        "--backend=cuda: this ihip-server was built without nvcc (no CUDA backend); use "
+        "--backend=cpu or auto");
+  }
+#endif
+  const int threads = cpu_opts.num_threads > 0 ? cpu_opts.num_threads
+                                                : int(std::thread::hardware_concurrency());
+  ihip::services::LogInfo(kName, "compute backend: CPU, ", threads, " threads",
+                    backend == "auto" ? " (no usable GPU)" : "");
+  return std::unique_ptr<ihip::engine::Engine>(
+      std::make_unique<ihip::engine::cpu::CpuEngine>(cpu_opts, store));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,15 +146,9 @@ int main(int argc, char** argv) {
   using namespace ihip;
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
-  if (backend == "cuda") {
-    return Fail(absl::UnimplementedError(
-        "--backend=cuda: the CUDA backend is not built yet; use --backend=cpu or auto"));
-  }
-  if (backend != "auto" && backend != "cpu") {
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
     return Fail(absl::InvalidArgumentError("--backend must be auto, cpu or cuda"));
   }
-  services::LogInfo(kName, "compute backend: CPU",
-                    backend == "auto" ? " (no CUDA backend yet)" : "");
 
   auto registry = std::make_shared<prometheus::Registry>();
   attention::ServerMetrics metrics(*registry);
@@ -141,7 +178,9 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--kv_backend must be kvstore or memory"));
   }
 
-  engine::cpu::CpuEngine eng(engine_opts, store.get());
+  auto made = MakeEngine(backend, engine_opts, store.get());
+  if (!made.ok()) return Fail(made.status());
+  engine::Engine& eng = **made;
   attention::AttentionServiceOptions service_opts;
   service_opts.workers = absl::GetFlag(FLAGS_workers);
   service_opts.default_max_context = absl::GetFlag(FLAGS_default_max_context);

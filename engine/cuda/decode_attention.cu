@@ -1,0 +1,211 @@
+// Launchers of the split-K decode attention (kernels/decode_attention.cuh): argument checks, the
+// workspace layout, the plan, and the one runtime -> compile-time dispatch (storage dtype x head
+// dim x heads per block = 60 instantiations; the output dtype is a runtime switch in the
+// epilogue).
+
+#include <algorithm>
+
+#include "engine/cuda/decode_attention.h"
+#include "engine/cuda/kernels/decode_attention.cuh"
+
+namespace ihip::engine::cuda {
+namespace {
+
+namespace da = decode_attention;
+using KernelFn = void (*)(da::KernelParams);
+
+// One instantiation: its entry point and dynamic shared memory.
+struct KernelInfo {
+  KernelFn fn = nullptr;
+  int smem_bytes = 0;
+};
+
+constexpr int64_t kMinKeysPerSplit = 64;  // below this the merge costs more than it saves
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Workspace layout: counters [Hq] ints | partial (m, l) [splits][Hq] | acc [splits][Hq][D].
+size_t CountersBytes(int num_q_heads) { return AlignUp(size_t(num_q_heads) * sizeof(int)); }
+size_t MlBytes(int num_q_heads, int splits) {
+  return AlignUp(size_t(splits) * num_q_heads * sizeof(float2));
+}
+
+// Query heads sharing one thread block: the largest of 8, 4, 2, 1 dividing the group.
+int HeadsPerBlock(int group) {
+  for (int h : {8, 4, 2, 1}) {
+    if (group % h == 0) return h;
+  }
+  return 1;
+}
+
+template <ElemType kStore, int kHeadDim, int kHeads>
+KernelInfo Info() {
+  return {&da::DecodeAttentionKernel<kStore, kHeadDim, kHeads>,
+          int(sizeof(da::SharedStorage<da::Config<kStore, kHeadDim, kHeads>>))};
+}
+
+template <ElemType kStore, int kHeadDim>
+KernelInfo SelectHeads(int heads) {
+  switch (heads) {
+    case 1:
+      return Info<kStore, kHeadDim, 1>();
+    case 2:
+      return Info<kStore, kHeadDim, 2>();
+    case 4:
+      return Info<kStore, kHeadDim, 4>();
+    case 8:
+      return Info<kStore, kHeadDim, 8>();
+    default:
+      return {};
+  }
+}
+
+template <ElemType kStore>
+KernelInfo SelectDim(int head_dim, int heads) {
+  switch (head_dim) {
+    case 64:
+      return SelectHeads<kStore, 64>(heads);
+    case 128:
+      return SelectHeads<kStore, 128>(heads);
+    case 256:
+      return SelectHeads<kStore, 256>(heads);
+    default:
+      return {};
+  }
+}
+
+// The dispatch: fn null for an unsupported combination.
+KernelInfo SelectKernel(ElemType store, int head_dim, int heads) {
+  switch (store) {
+    case ElemType::kF32:
+      return SelectDim<ElemType::kF32>(head_dim, heads);
+    case ElemType::kF16:
+      return SelectDim<ElemType::kF16>(head_dim, heads);
+    case ElemType::kBF16:
+      return SelectDim<ElemType::kBF16>(head_dim, heads);
+    case ElemType::kF8E4M3:
+      return SelectDim<ElemType::kF8E4M3>(head_dim, heads);
+    case ElemType::kF8E5M2:
+      return SelectDim<ElemType::kF8E5M2>(head_dim, heads);
+  }
+  return {};
+}
+
+// Allows the instantiation its dynamic shared memory (above the default 48 KiB). Not a stream
+// operation: legal while a stream is being captured.
+cudaError_t AllowSmem(const KernelInfo& k) {
+  if (k.fn == nullptr) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn),
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem_bytes);
+}
+
+int ElemBytes(ElemType t) {
+  return t == ElemType::kF32 ? 4 : (t == ElemType::kF16 || t == ElemType::kBF16) ? 2 : 1;
+}
+
+bool ValidShape(int num_q_heads, int kv_heads, int head_dim) {
+  return kv_heads > 0 && num_q_heads > 0 && num_q_heads % kv_heads == 0 &&
+         (head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+int PageShift(int page_tokens) {
+  for (int s = 0; s < 31; ++s) {
+    if ((1 << s) == page_tokens) return s;
+  }
+  return -1;
+}
+
+// Checks `in` and fills the kernel's parameters; cudaErrorInvalidValue for bad arguments.
+cudaError_t BuildKernelParams(const DecodeAttentionParams& in, da::KernelParams* out) {
+  const DeviceKv& kv = in.kv;
+  const bool out_ok = in.out_dtype == ElemType::kF32 || in.out_dtype == ElemType::kF16 ||
+                      in.out_dtype == ElemType::kBF16;
+  if (!ValidShape(in.num_q_heads, kv.kv_heads, kv.head_dim) || !out_ok || kv.pages == nullptr ||
+      kv.page_tokens <= 0 || kv.page_tokens % 8 != 0 || in.step == nullptr || in.q == nullptr ||
+      in.out == nullptr || in.num_splits < 1 || in.num_splits > da::kMaxSplits ||
+      (in.num_splits > 1 && in.workspace == nullptr) ||
+      (!in.dense && (in.blocks == nullptr || in.num_blocks == nullptr || in.sink_tokens < 0 ||
+                     in.window_tokens < 1))) {
+    return cudaErrorInvalidValue;
+  }
+  da::KernelParams& p = *out;
+  p.pages = kv.pages;
+  p.page_tokens = kv.page_tokens;
+  p.page_shift = PageShift(kv.page_tokens);
+  p.kv_heads = kv.kv_heads;
+  p.half_bytes = int64_t(kv.page_tokens) * kv.kv_heads * kv.head_dim * ElemBytes(kv.dtype);
+  p.step = in.step;
+  p.q = in.q;
+  p.num_q_heads = in.num_q_heads;
+  p.group = in.num_q_heads / kv.kv_heads;
+  p.dense = in.dense ? 1 : 0;
+  p.blocks = in.blocks;
+  p.num_blocks = in.num_blocks;
+  p.sink_tokens = in.sink_tokens;
+  p.window_tokens = in.window_tokens;
+  p.inv_freq = in.rope.inv_freq;
+  p.out = in.out;
+  p.out_dtype = in.out_dtype;
+  p.out_lse = in.out_lse;
+  p.num_splits = in.num_splits;
+  auto* ws = static_cast<uint8_t*>(in.workspace);
+  p.counters = reinterpret_cast<int*>(ws);
+  p.partial_ml = ws ? reinterpret_cast<float2*>(ws + CountersBytes(in.num_q_heads)) : nullptr;
+  p.partial_acc = ws ? reinterpret_cast<float*>(ws + CountersBytes(in.num_q_heads) +
+                                                MlBytes(in.num_q_heads, in.num_splits))
+                     : nullptr;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+size_t DecodeAttentionWorkspaceBytes(int num_q_heads, int head_dim, int num_splits) {
+  return CountersBytes(num_q_heads) + MlBytes(num_q_heads, num_splits) +
+         size_t(num_splits) * num_q_heads * head_dim * sizeof(float);
+}
+
+cudaError_t InitDecodeAttentionWorkspace(void* workspace, size_t bytes, cudaStream_t stream) {
+  if (workspace == nullptr || bytes == 0) return cudaErrorInvalidValue;
+  return cudaMemsetAsync(workspace, 0, bytes, stream);
+}
+
+cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, ElemType kv_dtype,
+                                int64_t max_keys, int num_sms, DecodeAttentionPlan* plan) {
+  if (!ValidShape(num_q_heads, kv_heads, head_dim) || num_sms < 1 || plan == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int heads = HeadsPerBlock(num_q_heads / kv_heads);
+  const KernelInfo k = SelectKernel(kv_dtype, head_dim, heads);
+  cudaError_t err = AllowSmem(k);
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(k.fn),
+                                                      da::kThreads, size_t(k.smem_bytes));
+  if (err != cudaSuccess) return err;
+  // One wave: every block resident at once, so no SM idles through a second, partial wave.
+  const int64_t head_groups = num_q_heads / heads;
+  const int64_t wave = std::max<int64_t>(1, int64_t(per_sm) * num_sms / head_groups);
+  const int64_t by_keys =
+      std::max<int64_t>(1, (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  plan->num_splits = int(std::clamp<int64_t>(std::min(wave, by_keys), 1, da::kMaxSplits));
+  plan->heads_per_block = heads;
+  plan->workspace_bytes = DecodeAttentionWorkspaceBytes(num_q_heads, head_dim, plan->num_splits);
+  return cudaSuccess;
+}
+
+cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& params, cudaStream_t stream) {
+  da::KernelParams kp;
+  cudaError_t err = BuildKernelParams(params, &kp);
+  if (err != cudaSuccess) return err;
+  const int heads = HeadsPerBlock(kp.group);
+  const KernelInfo k = SelectKernel(params.kv.dtype, params.kv.head_dim, heads);
+  err = AllowSmem(k);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(unsigned(kp.num_splits), unsigned(params.num_q_heads / heads));
+  void* args[] = {&kp};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(k.fn), grid, dim3(da::kThreads), args,
+                          size_t(k.smem_bytes), stream);
+}
+
+}  // namespace ihip::engine::cuda
