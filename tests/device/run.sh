@@ -2,6 +2,7 @@
 # Runs on the GPU machine, from the repository root, over a copy staged by tests/device/stage.sh
 # (carry [".device"]): the `gpu` tests, then the benchmarks, writing JSON and logs into OUT.
 #   tests/device/run.sh OUT [tests] [sdpa] [cuda] [service] [kvstore]   (default: all)
+# IHIP_CUDA_BENCH_FLAGS: extra flags for cuda_decode_bench (e.g. a shorter --contexts list).
 # Prints a short summary last. Every step runs even if an earlier one failed; the exit status
 # is non-zero when any test failed.
 set -uo pipefail
@@ -38,7 +39,7 @@ if has sdpa; then
 fi
 if has cuda && [ -x "$bin/cuda_decode_bench" ]; then
   echo "=== cuda_decode_bench" >> "$log"
-  timeout 1500 "$bin/cuda_decode_bench" --json="$out/cuda_bench.json" \
+  timeout 1500 "$bin/cuda_decode_bench" ${IHIP_CUDA_BENCH_FLAGS:-} --json="$out/cuda_bench.json" \
     --markdown="$out/cuda_bench.md" >> "$log" 2>&1 && summary+=("OK cuda_decode_bench") \
     || summary+=("ERROR cuda_decode_bench (see log)")
 fi

@@ -2,7 +2,10 @@
 # Builds what the GPU machine runs and stages it into .device/ (binaries + their non-CUDA shared
 # libraries, stripped; see ../shared/tools/stage-for-device), with the list of `gpu`-labelled
 # tests. Then call the device tool with carry [".device"] and run tests/device/run.sh there.
-#   tests/device/stage.sh            # build + stage everything run.sh uses
+#   tests/device/stage.sh [gpu] [service]   (default: gpu)
+# gpu: the gpu-labelled tests and cuda_decode_bench; service: ihip-server, ihip-kvstore, ihip and
+# kvstore_bench (with gRPC and RocksDB, ~35 MiB of libraries). Both together may pass the 64 MiB a
+# device call carries.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${IHIP_BUILD_DIR:-build}
@@ -12,13 +15,27 @@ grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/i
 deploy/local/build.sh >/dev/null
 mapfile -t gpu_tests < <(cd "$build" && ctest -L gpu -N -V | sed -n 's/^[0-9]*: Test command: //p' \
   | awk '{print $1}')
-bins=("${gpu_tests[@]}")
-for b in tests/bench/cuda_decode_bench tests/bench/kvstore_bench services/attention/ihip-server \
-         services/kvstore/ihip-kvstore services/cli/ihip; do
+sets=" ${*:-gpu} "
+bins=()
+wanted=()
+if [[ $sets == *" gpu "* ]]; then
+  bins+=("${gpu_tests[@]}")
+  wanted+=(tests/bench/cuda_decode_bench)
+fi
+if [[ $sets == *" service "* ]]; then
+  wanted+=(tests/bench/kvstore_bench services/attention/ihip-server services/kvstore/ihip-kvstore
+           services/cli/ihip)
+fi
+for b in "${wanted[@]}"; do
   [ -x "$build/$b" ] && bins+=("$build/$b")
 done
 rm -rf .device
 ../shared/tools/stage-for-device .device "${bins[@]}" >/dev/null
 strip .device/bin/* .device/lib/* 2>/dev/null || true
-printf '%s\n' "${gpu_tests[@]}" | xargs -n1 basename > .device/gpu_tests.txt
+if [[ $sets == *" gpu "* ]]; then
+  printf '%s\n' "${gpu_tests[@]}" | xargs -n1 basename > .device/gpu_tests.txt
+else
+  : > .device/gpu_tests.txt
+fi
+git rev-parse --short HEAD > .device/commit
 du -sh .device
