@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <system_error>
 #include <thread>
 
@@ -109,7 +110,14 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
   rocksdb::Options r;
   r.create_if_missing = true;
   r.statistics = rocksdb::CreateDBStatistics();
-  r.max_background_jobs = o.background_jobs;
+  const int jobs = o.background_jobs > 0
+                       ? o.background_jobs
+                       : std::clamp(int(std::thread::hardware_concurrency()), 2, 16);
+  r.max_background_jobs = jobs;
+  // RocksDB gives flushes a quarter of the jobs by default; a spill is nothing but flushes (the
+  // values go to blob files, compactions move only keys), and each flush job runs on one thread
+  // (Debian's RocksDB computes blob CRC32c in software), so give them half.
+  r.max_background_flushes = std::max(1, jobs / 2);
   r.write_buffer_size = o.write_buffer_bytes;
   // Spills arrive in bursts of many MiB: let writes continue into further memtables while one
   // flushes (the default 2 stalls a burst behind every flush).
@@ -161,9 +169,10 @@ absl::Status CheckFormatVersion(rocksdb::DB& db) {
 
 absl::Status DiskTierOptions::Validate() const {
   if (path.empty()) return absl::InvalidArgumentError("disk tier: path is empty");
-  if (background_jobs < 1) {
+  if (background_jobs < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("disk tier: background_jobs must be >= 1, got ", background_jobs));
+        absl::StrCat("disk tier: background_jobs must be >= 0 (0 = automatic), got ",
+                     background_jobs));
   }
   if (write_buffer_bytes < (1ull << 20)) {
     return absl::InvalidArgumentError(

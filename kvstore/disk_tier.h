@@ -27,7 +27,9 @@ struct DiskTierOptions {
   bool direct_reads = true;       // O_DIRECT page reads: fetch-back measures the disk, not the
                                   // page cache (falls back to buffered where unsupported)
   bool direct_writes = true;      // O_DIRECT for flush and compaction
-  int background_jobs = 2;        // flush + compaction threads
+  int background_jobs = 0;        // flush + compaction threads; 0 = one per hardware thread
+                                  // (2..16). Half of them flush: a spill is memtable flushes,
+                                  // each writing blob files with a CRC32c on one thread
   uint64_t write_buffer_bytes = 64ull << 20;  // memtable size
   absl::Status Validate() const;
 };

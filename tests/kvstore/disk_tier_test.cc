@@ -333,7 +333,7 @@ TEST_F(DiskTierTest, OpenErrorsAreStatuses) {
   tier = DiskTier::Open(options_);
   EXPECT_TRUE(absl::IsInvalidArgument(tier.status())) << tier.status();
   options_.path = dir_ + "/db";
-  options_.background_jobs = 0;
+  options_.background_jobs = -1;
   EXPECT_TRUE(absl::IsInvalidArgument(DiskTier::Open(options_).status()));
 }
 
