@@ -65,6 +65,24 @@ AttentionService::AttentionService(const AttentionServiceOptions& options, engin
 
 AttentionService::~AttentionService() { executor_.reset(); }
 
+bool AttentionService::TryInline(const ihip::v1::AttendRequest& req) {
+  if (options_.inline_stream_slots <= 0) return false;
+  size_t bytes = 0;
+  for (const auto& item : req.items()) bytes += item.q().size() + item.k().size() + item.v().size();
+  if (bytes > options_.inline_max_bytes) return false;
+  int running = inline_running_.load();
+  do {
+    if (running >= options_.inline_stream_slots) return false;
+  } while (!inline_running_.compare_exchange_weak(running, running + 1));
+  if (metrics_->running != nullptr) metrics_->running->Increment();
+  return true;
+}
+
+void AttentionService::EndInline() {
+  if (metrics_->running != nullptr) metrics_->running->Decrement();
+  inline_running_.fetch_sub(1);
+}
+
 size_t AttentionService::sequences() const {
   std::lock_guard<std::mutex> lock(mu_);
   return entries_.size();
@@ -376,25 +394,33 @@ class StreamReactor : public grpc::ServerBidiReactor<AttendRequest, AttendRespon
       return;
     }
     const absl::Time t0 = absl::Now();
-    service_->executor().Submit([this, t0] {
-      const absl::Time t1 = absl::Now();
-      resp_.Clear();
-      AttentionService::Work work;
-      work.cancelled = &cancelled_;
-      work.deadline = deadline_;
-      absl::Status s = cancelled_.load() ? absl::CancelledError("cancelled")
-                                         : service_->DoAttend(req_, &resp_, &work);
-      const absl::Time t2 = absl::Now();
-      SetTiming(&resp_, t1 - t0, work.engine_time, t2 - t0);
-      service_->metrics().OnRequest("AttendStream", s.code(), t1 - t0, work.engine_time, t2 - t0);
-      if (!s.ok()) {
-        services::LogWarning("ihip-server", "AttendStream request ", req_.request_id(), ": ",
-                             s.ToString());
-        Finish(services::ToGrpc(s));
-        return;
-      }
-      StartWrite(&resp_);
-    });
+    AttentionService* const service = service_;
+    if (service->TryInline(req_)) {  // a decode step: no hand-off to a worker
+      Process(t0);
+      service->EndInline();
+      return;
+    }
+    service_->executor().Submit([this, t0] { Process(t0); });
+  }
+  // Computes req_ and writes its response (or ends the stream with the error).
+  void Process(absl::Time t0) {
+    const absl::Time t1 = absl::Now();
+    resp_.Clear();
+    AttentionService::Work work;
+    work.cancelled = &cancelled_;
+    work.deadline = deadline_;
+    absl::Status s = cancelled_.load() ? absl::CancelledError("cancelled")
+                                       : service_->DoAttend(req_, &resp_, &work);
+    const absl::Time t2 = absl::Now();
+    SetTiming(&resp_, t1 - t0, work.engine_time, t2 - t0);
+    service_->metrics().OnRequest("AttendStream", s.code(), t1 - t0, work.engine_time, t2 - t0);
+    if (!s.ok()) {
+      services::LogWarning("ihip-server", "AttendStream request ", req_.request_id(), ": ",
+                           s.ToString());
+      Finish(services::ToGrpc(s));
+      return;
+    }
+    StartWrite(&resp_);
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {

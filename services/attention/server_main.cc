@@ -45,6 +45,10 @@ ABSL_FLAG(double, max_device_gib, 0,
           "CUDA backend: GPU memory the KV copies may take, GiB (0 = 90% of the free memory)");
 ABSL_FLAG(bool, cuda_graphs, true, "CUDA backend: replay captured CUDA graphs for decode steps");
 ABSL_FLAG(int, workers, 4, "requests computed at once (the rest queue)");
+ABSL_FLAG(int, inline_stream_slots, 2,
+          "AttendStream decode steps (requests <= 64 KiB) computed on gRPC's callback threads "
+          "instead of a worker, at most this many at once (saves a thread hand-off per step; "
+          "0 = never)");
 ABSL_FLAG(int64_t, default_max_context, int64_t{1} << 22,
           "max_context of sequences created without one");
 ABSL_FLAG(int, max_message_mib, 1024,
@@ -183,6 +187,7 @@ int main(int argc, char** argv) {
   engine::Engine& eng = **made;
   attention::AttentionServiceOptions service_opts;
   service_opts.workers = absl::GetFlag(FLAGS_workers);
+  service_opts.inline_stream_slots = absl::GetFlag(FLAGS_inline_stream_slots);
   service_opts.default_max_context = absl::GetFlag(FLAGS_default_max_context);
   service_opts.max_tokens_per_item = engine_opts.max_tokens_per_item;
   service_opts.page_tokens = engine_opts.page_tokens;

@@ -44,11 +44,19 @@ if has cuda && [ -x "$bin/cuda_decode_bench" ]; then
     || summary+=("ERROR cuda_decode_bench (see log)")
 fi
 if has service; then
-  echo "=== service" >> "$log"
-  if tests/device/service_bench.sh "$bin" "$out/service.json" >> "$log" 2>&1; then
-    summary+=("OK service bench")
-  else
-    summary+=("ERROR service bench (see log)")
+  for backend in cpu cuda; do
+    echo "=== service ($backend backend)" >> "$log"
+    if IHIP_BACKEND=$backend tests/device/service_bench.sh "$bin" "$out/service_$backend.json" \
+        >> "$log" 2>&1; then
+      summary+=("OK service bench, $backend backend")
+    else
+      summary+=("ERROR service bench, $backend backend (see log)")
+    fi
+  done
+  if [ -x "$bin/grpc_floor_bench" ]; then
+    echo "=== grpc_floor_bench" >> "$log"
+    "$bin/grpc_floor_bench" --json="$out/grpc_floor.json" >> "$log" 2>&1 \
+      && summary+=("OK grpc_floor_bench") || summary+=("ERROR grpc_floor_bench (see log)")
   fi
 fi
 if has kvstore && [ -x "$bin/kvstore_bench" ]; then

@@ -23,8 +23,8 @@ if [[ $sets == *" gpu "* ]]; then
   wanted+=(tests/bench/cuda_decode_bench)
 fi
 if [[ $sets == *" service "* ]]; then
-  wanted+=(tests/bench/kvstore_bench services/attention/ihip-server services/kvstore/ihip-kvstore
-           services/cli/ihip)
+  wanted+=(tests/bench/kvstore_bench tests/bench/grpc_floor_bench services/attention/ihip-server
+           services/kvstore/ihip-kvstore services/cli/ihip)
 fi
 for b in "${wanted[@]}"; do
   [ -x "$build/$b" ] && bins+=("$build/$b")
