@@ -24,6 +24,7 @@
 ABSL_FLAG(int, steps, 3000, "timed round trips per variant");
 ABSL_FLAG(int, warmup, 200, "untimed round trips per variant");
 ABSL_FLAG(std::string, json, "", "write the results as JSON here");
+ABSL_FLAG(std::string, git_commit, "", "commit to record (default: ask git)");
 
 namespace ihip::bench {
 namespace {
@@ -111,7 +112,8 @@ Stats RoundTrips(bool hop) {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace ihip::bench;
-  const RunInfo info = CollectRunInfo(argc, argv, "", {"tests/bench"});
+  const RunInfo info =
+      CollectRunInfo(argc, argv, absl::GetFlag(FLAGS_git_commit), {"tests/bench"});
   const Stats inline_rt = RoundTrips(false);
   const Stats hop_rt = RoundTrips(true);
   std::printf("grpc_floor_bench (%s, %d hardware threads, load %s)\n\n", info.cpu_model.c_str(),

@@ -11,6 +11,8 @@ steps=${*:-tests sdpa cuda service kvstore}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/.device/lib:/usr/local/cuda/lib64
 bin=$PWD/.device/bin
+# The commit staged (git on this machine may see another HEAD than the one built).
+commit=$(cat .device/commit 2>/dev/null || echo unknown)
 log=$out/log.txt
 summary=()
 failed=0
@@ -39,7 +41,7 @@ if has sdpa; then
 fi
 if has cuda && [ -x "$bin/cuda_decode_bench" ]; then
   echo "=== cuda_decode_bench" >> "$log"
-  timeout 1500 "$bin/cuda_decode_bench" ${IHIP_CUDA_BENCH_FLAGS:-} --json="$out/cuda_bench.json" \
+  timeout 1500 "$bin/cuda_decode_bench" ${IHIP_CUDA_BENCH_FLAGS:-} --git_commit="$commit" --json="$out/cuda_bench.json" \
     --markdown="$out/cuda_bench.md" >> "$log" 2>&1 && summary+=("OK cuda_decode_bench") \
     || summary+=("ERROR cuda_decode_bench (see log)")
 fi
@@ -55,7 +57,7 @@ if has service; then
   done
   if [ -x "$bin/grpc_floor_bench" ]; then
     echo "=== grpc_floor_bench" >> "$log"
-    "$bin/grpc_floor_bench" --json="$out/grpc_floor.json" >> "$log" 2>&1 \
+    "$bin/grpc_floor_bench" --git_commit="$commit" --json="$out/grpc_floor.json" >> "$log" 2>&1 \
       && summary+=("OK grpc_floor_bench") || summary+=("ERROR grpc_floor_bench (see log)")
   fi
 fi
@@ -63,7 +65,7 @@ if has kvstore && [ -x "$bin/kvstore_bench" ]; then
   echo "=== kvstore_bench" >> "$log"
   mkdir -p /var/tmp/ihip-kvbench
   timeout 900 "$bin/kvstore_bench" --dir=/var/tmp/ihip-kvbench --json="$out/kvstore.json" \
-    --git_commit="$(cat .device/commit 2>/dev/null || echo unknown)" >> "$log" 2>&1 \
+    --git_commit="$commit" >> "$log" 2>&1 \
     && summary+=("OK kvstore_bench") || summary+=("ERROR kvstore_bench (see log)")
 fi
 echo "=== summary"; printf '%s\n' "${summary[@]}"
