@@ -127,6 +127,11 @@ class Engine {
                                 const void* k, const void* v) = 0;
 
   virtual const char* backend_name() const = 0;
+
+  // OK while the engine can compute. A backend whose device failed for good (a sticky CUDA
+  // error: the context is unusable) returns that error from then on; the process must exit so
+  // that its orchestrator restarts it.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
 };
 
 }  // namespace ihip::engine

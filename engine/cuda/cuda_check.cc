@@ -1,8 +1,12 @@
 #include "engine/cuda/cuda_check.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace ihip::engine::cuda {
+namespace {
+constexpr char kStickyPrefix[] = "sticky CUDA error: ";
+}  // namespace
 
 bool IsStickyCudaError(cudaError_t err) {
   switch (err) {
@@ -24,9 +28,13 @@ bool IsStickyCudaError(cudaError_t err) {
 
 absl::Status CudaStatus(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(IsStickyCudaError(err) ? "sticky CUDA error: " : "",
+  return absl::InternalError(absl::StrCat(IsStickyCudaError(err) ? kStickyPrefix : "",
                                           what, ": ", cudaGetErrorName(err), " (",
                                           cudaGetErrorString(err), ")"));
+}
+
+bool IsStickyCudaStatus(const absl::Status& s) {
+  return !s.ok() && absl::StartsWith(s.message(), kStickyPrefix);
 }
 
 bool GpuAvailable() {

@@ -17,6 +17,8 @@ bool GpuAvailable();
 
 // True for errors after which the CUDA context is unusable (the process must exit).
 bool IsStickyCudaError(cudaError_t err);
+// True for a Status made by CudaStatus from such an error.
+bool IsStickyCudaStatus(const absl::Status& s);
 
 }  // namespace ihip::engine::cuda
 

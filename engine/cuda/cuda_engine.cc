@@ -102,6 +102,11 @@ class CudaEngine final : public PagedEngine, public LayerContext {
 
   const char* backend_name() const override { return "cuda"; }
 
+  absl::Status Health() const override {
+    std::lock_guard<std::mutex> lock(fatal_mu_);
+    return fatal_;
+  }
+
   // LayerContext
   int device() const override { return options_.device; }
   int num_sms() const override { return num_sms_; }
@@ -118,6 +123,32 @@ class CudaEngine final : public PagedEngine, public LayerContext {
  protected:
   absl::Status Compute(const Sequence& seq, LayerState& state, const LayerConfig& cfg, Step& step,
                        AttendResult* result) override {
+    return Watch(ComputeOnDevice(seq, state, cfg, step, result));
+  }
+  absl::Status OnPinned(const Sequence& seq, int layer, LayerState& state) override {
+    return Watch(UploadLayer(seq, state));
+  }
+  absl::Status OnWritten(const Sequence& seq, int layer, LayerState& state, int64_t position,
+                         int num_tokens) override {
+    return Watch(UploadTokens(seq, state, position, num_tokens));
+  }
+
+  void OnUnpinned(const Sequence& seq, int layer, LayerState& state) override {
+    if (state.backend != nullptr) static_cast<CudaLayer*>(state.backend.get())->DropPages();
+  }
+
+ private:
+  // Records a sticky CUDA error (Health() reports it from then on).
+  absl::Status Watch(absl::Status s) {
+    if (IsStickyCudaStatus(s)) {
+      std::lock_guard<std::mutex> lock(fatal_mu_);
+      if (fatal_.ok()) fatal_ = s;
+    }
+    return s;
+  }
+
+  absl::Status ComputeOnDevice(const Sequence& seq, LayerState& state, const LayerConfig& cfg,
+                               Step& step, AttendResult* result) {
     IHIP_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
     IHIP_ASSIGN_OR_RETURN(CudaLayer * layer, Layer(seq, state));
     IHIP_RETURN_IF_ERROR(layer->SyncLength(step.kv.length));
@@ -138,24 +169,19 @@ class CudaEngine final : public PagedEngine, public LayerContext {
     return absl::OkStatus();
   }
 
-  absl::Status OnPinned(const Sequence& seq, int layer, LayerState& state) override {
+  absl::Status UploadLayer(const Sequence& seq, LayerState& state) {
     IHIP_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
     IHIP_ASSIGN_OR_RETURN(CudaLayer * cl, Layer(seq, state));
     return cl->Upload(state.pages.data(), 0, state.length.load());
   }
 
-  absl::Status OnWritten(const Sequence& seq, int layer, LayerState& state, int64_t position,
-                         int num_tokens) override {
+  absl::Status UploadTokens(const Sequence& seq, LayerState& state, int64_t position,
+                            int num_tokens) {
     IHIP_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
     IHIP_ASSIGN_OR_RETURN(CudaLayer * cl, Layer(seq, state));
     return cl->Upload(state.pages.data(), position, position + num_tokens);
   }
 
-  void OnUnpinned(const Sequence& seq, int layer, LayerState& state) override {
-    if (state.backend != nullptr) static_cast<CudaLayer*>(state.backend.get())->DropPages();
-  }
-
- private:
   struct StreamLease {
     explicit StreamLease(StreamPool* p) : pool(p), stream(p->Acquire()) {}
     ~StreamLease() { pool->Release(stream); }
@@ -186,6 +212,8 @@ class CudaEngine final : public PagedEngine, public LayerContext {
   }
 
   const CudaEngineOptions options_;
+  mutable std::mutex fatal_mu_;
+  absl::Status fatal_;  // the first sticky CUDA error
   int num_sms_ = 0;
   std::atomic<int64_t> budget_bytes_{0};
   StreamPool streams_;

@@ -5,6 +5,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <csignal>
+#include <unistd.h>
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
@@ -207,6 +210,7 @@ int main(int argc, char** argv) {
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;
+  std::atomic<bool> engine_failed{false};
   const absl::Duration idle = absl::Seconds(absl::GetFlag(FLAGS_idle_unpin_seconds));
   // The kvstore restarted (or reclaimed us): attach to its new segment, forget the old pins,
   // drop the sequences it no longer holds (it was not durable).
@@ -248,7 +252,15 @@ int main(int argc, char** argv) {
     }
     if (up && kv_client != nullptr && !kv_client->connected()) up = reattach();
     metrics.kvstore_up->Set(up ? 1 : 0);
-    grpc_server->server->GetHealthCheckService()->SetServingStatus(up);
+    // A compute backend that failed for good (a sticky CUDA error) cannot recover in this
+    // process: stop serving and exit non-zero, so that the orchestrator restarts the server.
+    if (const absl::Status health = eng.Health(); !health.ok() && !engine_failed.exchange(true)) {
+      metrics.engine_healthy->Set(0);
+      ihip::services::LogError(kName, "compute backend failed: ", health.ToString(),
+                               "; stopping (exit 1)");
+      kill(getpid(), SIGTERM);
+    }
+    grpc_server->server->GetHealthCheckService()->SetServingStatus(up && !engine_failed.load());
   };
   std::thread housekeeping([&] {
     std::unique_lock<std::mutex> lock(mu);
@@ -279,6 +291,7 @@ int main(int argc, char** argv) {
   cv.notify_all();
   housekeeping.join();
   metrics_http.Stop();
+  if (engine_failed.load()) return 1;
   services::LogInfo(kName, "stopped cleanly");
   return 0;
 }

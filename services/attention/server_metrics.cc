@@ -42,6 +42,10 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r)
                         "Bytes of KV only on disk (spilled or suspended; 0 without a kvstore)");
   pinned_layers = gauge("ihip_server_pinned_layers", "(sequence, layer) pairs with pinned KV");
   kvstore_up = gauge("ihip_server_kvstore_up", "1 while ihip-kvstore answers (1 without one)");
+  engine_healthy = gauge("ihip_server_engine_healthy",
+                         "0 once the compute backend failed for good (a sticky CUDA error): the "
+                         "server then stops serving and exits non-zero");
+  engine_healthy->Set(1);
   tokens_appended_ = counter("ihip_server_tokens_appended_total", "KV tokens appended");
   tokens_attended_ = counter("ihip_server_tokens_attended_total", "Query tokens attended");
   selected_ = &prometheus::BuildHistogram()

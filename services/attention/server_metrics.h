@@ -38,6 +38,7 @@ class ServerMetrics {
   prometheus::Gauge* kv_bytes_disk;
   prometheus::Gauge* pinned_layers;
   prometheus::Gauge* kvstore_up;  // 1 while the kvstore answers
+  prometheus::Gauge* engine_healthy;  // 0 once the engine failed for good (the process exits)
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
