@@ -10,7 +10,10 @@
 
 #include "kvstore/disk_tier.h"
 
+#include <malloc.h>
+
 #include <atomic>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <algorithm>
@@ -202,8 +205,22 @@ DiskTier::~DiskTier() {
   }
 }
 
+// Memtables are arenas of write_buffer_bytes / 8 blocks. With glibc's defaults a block of that
+// size is a fresh mmap, so every memtable faults in and zeroes new pages (measured: a fifth of
+// the CPU of a spill went to clear_page) and returns them at flush. Serving such blocks from the
+// heap and keeping freed memory lets the next memtable reuse the pages.
+void KeepMemtableMemory(uint64_t write_buffer_bytes) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    const int block = int(std::min<uint64_t>(write_buffer_bytes / 8 + (1 << 20), 32u << 20));
+    mallopt(M_MMAP_THRESHOLD, block);
+    mallopt(M_TRIM_THRESHOLD, int(std::min<uint64_t>(8 * write_buffer_bytes, 1u << 30)));
+  });
+}
+
 absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (options.keep_memtable_memory) KeepMemtableMemory(options.write_buffer_bytes);
   std::error_code ec;
   std::filesystem::create_directories(options.path, ec);
   if (ec) {

@@ -31,6 +31,9 @@ struct DiskTierOptions {
                                   // (2..16). Half of them flush: a spill is memtable flushes,
                                   // each writing blob files with a CRC32c on one thread
   uint64_t write_buffer_bytes = 64ull << 20;  // memtable size
+  // Tune this process's malloc (once) so that memtable arena blocks come from the heap and their
+  // pages are reused by the next memtable instead of being faulted in and zeroed again.
+  bool keep_memtable_memory = true;
   absl::Status Validate() const;
 };
 
