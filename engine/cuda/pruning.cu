@@ -1,11 +1,14 @@
 // Launchers of GPU pruning (pruning.h): plan sizes every buffer and grid for a maximum KV length;
-// a run is one memset of the score keys plus, per stage, the score kernel (persistent grid) and
-// the select kernel (one CTA). The only runtime -> compile-time dispatch picks the score kernel
-// for (storage dtype, head dim).
+// a run is one memset of the score keys plus, per stage, a score kernel (persistent grid) and
+// the select kernel (one CTA). Score kernels: the tensor-core one (kernels/score_mma.cuh, 16-bit
+// and fp8 keys, RoPE none or relative) where it applies, else the CUDA-core one
+// (kernels/score_chunks.cuh). The runtime -> compile-time dispatch picks the CUDA-core kernel for
+// (storage dtype, head dim) here and the tensor-core one in pruning_mma.cu.
 
 #include <algorithm>
 
 #include "engine/cuda/kernels/score_chunks.cuh"
+#include "engine/cuda/kernels/score_mma.cuh"
 #include "engine/cuda/kernels/select_chunks.cuh"
 #include "engine/cuda/pruning.h"
 
@@ -108,7 +111,41 @@ void LayOutWorkspace(PrunePlan* plan) {
   plan->workspace_bytes = off;
 }
 
-// Shared-memory limits and persistent grid sizes of the score kernel on the current device.
+// The tensor-core score kernel's shared memory and grid per stage (0: the stage does not use it):
+// CTAs per head fill the device once, at most one warp tile per warp.
+cudaError_t SizeMmaGrids(PrunePlan* plan, int sms, int optin) {
+  const kernels::ScoreKernelFn kernel = kernels::PickScoreMmaKernel(plan->dtype, plan->head_dim);
+  if (kernel == nullptr) return cudaSuccess;
+  const int tile = kernels::MmaSlots(plan->dtype, plan->head_dim) * kernels::kMmaChainsPerSlot;
+  int max_smem = 0;
+  for (int s = 0; s < plan->cfg.num_stages; ++s) {
+    const int smem = kernels::MmaSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
+    if (smem <= optin) max_smem = std::max(max_smem, smem);
+  }
+  if (max_smem > kDefaultSmemLimit) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+    if (err != cudaSuccess) return err;
+  }
+  for (int s = 0; s < plan->cfg.num_stages; ++s) {
+    const int smem = kernels::MmaSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
+    if (smem > optin) continue;
+    int per_sm = 0;
+    const cudaError_t err =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kernels::kMmaThreads, smem);
+    if (err != cudaSuccess) return err;
+    if (per_sm < 1) continue;
+    const int64_t warp_tiles = (int64_t(plan->max_candidates[s]) + tile - 1) / tile;
+    const int64_t per_head = std::clamp<int64_t>(int64_t(per_sm) * sms / plan->num_q_heads, 1,
+                                                 (warp_tiles + kernels::kMmaWarps - 1) /
+                                                     kernels::kMmaWarps);
+    plan->mma_grid[s] = int(per_head * plan->num_q_heads);
+    plan->mma_smem[s] = smem;
+  }
+  return cudaSuccess;
+}
+
+// Shared-memory limits and persistent grid sizes of the score kernels on the current device.
 cudaError_t SizeScoreGrids(PrunePlan* plan) {
   const ScoreKernel kernel = PickScoreKernel(plan->dtype, plan->head_dim);
   int device = 0, sms = 0, optin = 0;
@@ -138,7 +175,7 @@ cudaError_t SizeScoreGrids(PrunePlan* plan) {
                           kChunksPerScoreCta * plan->num_q_heads;
     plan->score_grid[s] = int(std::clamp<int64_t>(items, 1, int64_t(std::max(per_sm, 1)) * sms));
   }
-  return cudaSuccess;
+  return SizeMmaGrids(plan, sms, optin);
 }
 
 kernels::StageCandidates CandidatesOf(const PrunePlan& plan, const PruneParams& params, int s) {
@@ -176,6 +213,17 @@ kernels::ScoreParams MakeScoreParams(const PrunePlan& plan, const PruneParams& p
 
 cudaError_t LaunchScore(const PrunePlan& plan, const kernels::ScoreParams& p, int s,
                         cudaStream_t stream) {
+  const bool chunk_indexed = p.inv_freq != nullptr && p.rope_style != kPruneRopeRelative;
+  if (plan.mma_grid[s] > 0 && !chunk_indexed) {
+    const kernels::ScoreKernelFn mma = kernels::PickScoreMmaKernel(plan.dtype, plan.head_dim);
+    if (plan.mma_smem[s] > kDefaultSmemLimit) {
+      const cudaError_t err = cudaFuncSetAttribute(
+          mma, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.mma_smem[s]);
+      if (err != cudaSuccess) return err;
+    }
+    mma<<<plan.mma_grid[s], kernels::kMmaThreads, plan.mma_smem[s], stream>>>(p);
+    return cudaGetLastError();
+  }
   const ScoreKernel kernel = PickScoreKernel(plan.dtype, plan.head_dim);
   if (plan.score_smem[s] > kDefaultSmemLimit) {
     const cudaError_t err = cudaFuncSetAttribute(

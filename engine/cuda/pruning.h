@@ -64,8 +64,12 @@ struct PrunePlan {
   int max_candidates[DeviceMask::kMaxStages] = {};  // capacity of stage s's candidate list
   int kept_capacity[DeviceMask::kMaxStages] = {};   // min(kept_chunks, max_candidates)
   int block_capacity = 0;                           // final 8-token blocks
-  int score_grid[DeviceMask::kMaxStages] = {};      // persistent CTAs of the score kernel
+  int score_grid[DeviceMask::kMaxStages] = {};      // persistent CTAs of the CUDA-core score
+                                                    // kernel (f32 keys, chunk-indexed RoPE)
   int score_smem[DeviceMask::kMaxStages] = {};      // its dynamic shared memory (bytes)
+  int mma_grid[DeviceMask::kMaxStages] = {};        // CTAs of the tensor-core score kernel
+                                                    // (num_q_heads x CTAs per head); 0 = unused
+  int mma_smem[DeviceMask::kMaxStages] = {};        // its dynamic shared memory (bytes)
   size_t keys_offset[DeviceMask::kMaxStages] = {};  // workspace: uint32 score keys per stage
   size_t kept_offset[DeviceMask::kMaxStages] = {};  // workspace: int64 kept lefts per stage
   size_t workspace_bytes = 0;

@@ -10,8 +10,9 @@
 // 256-bin shared histogram, warp-aggregated atomics) finds the threshold key T and how many keys
 // equal to T are kept (the first ones in index order, i.e. the lowest token indices, since
 // candidate lists are ascending); one block scan then compacts the kept candidates in index
-// order, which is already ascending. Cost is O(n) per pass for one CTA: 16K candidates are 16
-// keys per thread per pass, read from L2.
+// order, which is already ascending. The keys are read from device memory once into shared
+// memory (up to kSelectCachedKeys; beyond that every pass reads them from L2): a pass costs a few
+// shared-memory reads per thread and three barriers.
 
 #include <climits>
 #include <cstdint>
@@ -21,6 +22,7 @@
 namespace ihip::engine::cuda::kernels {
 
 inline constexpr int kSelectThreads = 1024;
+inline constexpr int kSelectCachedKeys = 8192;  // 32 KB of shared memory
 
 struct SelectParams {
   const StepScalars* step = nullptr;
@@ -38,6 +40,7 @@ struct SelectParams {
 };
 
 struct SelectShared {
+  uint32_t keys[kSelectCachedKeys];
   int hist[256];
   unsigned long long warp_sums[kSelectThreads / 32];
   int total, digit, above, bin;
@@ -82,7 +85,7 @@ __device__ inline void DigitHistogram(const uint32_t* keys, int n, int pass, uin
   const int shift = 24 - 8 * pass;
   for (int base = 0; base < n; base += blockDim.x) {
     const int i = base + threadIdx.x;
-    const uint32_t key = i < n ? __ldg(keys + i) : 0u;
+    const uint32_t key = i < n ? keys[i] : 0u;
     const bool valid = key != 0u && (pass == 0 || (key >> (shift + 8)) == prefix);
     const uint32_t digit = valid ? (key >> shift) & 0xffu : 0x100u;
     const unsigned peers = __match_any_sync(0xffffffffu, digit);
@@ -140,12 +143,13 @@ __device__ inline Threshold FindThreshold(const uint32_t* keys, int n, int k, Se
 }
 
 // Writes the kept candidates' lefts, in index order, to p.kept; returns how many.
-__device__ inline int CompactKept(const SelectParams& p, int n, Threshold th, SelectShared& sh) {
+__device__ inline int CompactKept(const SelectParams& p, const uint32_t* keys, int n, Threshold th,
+                                  SelectShared& sh) {
   const int per = (n + int(blockDim.x) - 1) / int(blockDim.x);
   const int begin = min(n, int(threadIdx.x) * per), end = min(n, begin + per);
   unsigned above = 0, equal = 0;
   for (int i = begin; i < end; ++i) {
-    const uint32_t key = __ldg(p.keys + i);
+    const uint32_t key = keys[i];
     above += key > th.key;
     equal += key == th.key;
   }
@@ -154,7 +158,7 @@ __device__ inline int CompactKept(const SelectParams& p, int n, Threshold th, Se
       BlockExclusiveScan((static_cast<unsigned long long>(above) << 32) | equal, sh, &total);
   int a = int(before >> 32), e = int(before & 0xffffffffu);
   for (int i = begin; i < end; ++i) {
-    const uint32_t key = __ldg(p.keys + i);
+    const uint32_t key = keys[i];
     const bool keep = key > th.key || (key == th.key && e < th.needed);
     const int pos = a + min(e, th.needed);
     if (keep && pos < p.kept_capacity) p.kept[pos] = CandidateLeft(p.cand, i);
@@ -205,8 +209,14 @@ __device__ inline void ExpandKept(const SelectParams& p, int kept, SelectShared&
 __global__ void __launch_bounds__(kSelectThreads) SelectChunksKernel(const SelectParams p) {
   __shared__ SelectShared sh;
   const int n = CandidateCount(p.cand, p.step);
-  const Threshold th = FindThreshold(p.keys, n, p.kept_chunks, sh);
-  const int kept = CompactKept(p, n, th, sh);
+  const uint32_t* keys = p.keys;  // shared-memory copy when it fits (generic loads below)
+  if (n <= kSelectCachedKeys) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sh.keys[i] = __ldg(p.keys + i);
+    __syncthreads();
+    keys = sh.keys;
+  }
+  const Threshold th = FindThreshold(keys, n, p.kept_chunks, sh);
+  const int kept = CompactKept(p, keys, n, th, sh);
   __syncthreads();  // p.kept is read across threads below
   ExpandKept(p, kept, sh);
 }
