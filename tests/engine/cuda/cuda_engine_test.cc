@@ -197,7 +197,9 @@ TEST(CudaEngineTest, GraphReplayEqualsEagerAndSuspendResumes) {
   }
   for (int i = 0; i < steps; ++i) {
     const int64_t p = prefix + i;
-    if (i == 10) ASSERT_TRUE(graphs.gpu->SuspendSequence("s").ok());
+    if (i == 10) {
+      ASSERT_TRUE(graphs.gpu->SuspendSequence("s").ok());
+    }
     std::vector<std::byte> a(d.q_row() * 2), b(d.q_row() * 2);
     AttendResult ra, rb;
     AttendItem ia{"s", kLayer, p, 1, d.q_at(p), d.k_at(p), d.v_at(p), a.data(), {}};
