@@ -1,12 +1,22 @@
-// Launchers of the split-K decode attention (kernels/decode_attention.cuh): argument checks, the
-// workspace layout, the plan, and the one runtime -> compile-time dispatch (storage dtype x head
-// dim x heads per block = 60 instantiations; the output dtype is a runtime switch in the
-// epilogue).
+// Launchers of the split-K decode attention: argument checks, the workspace layout, the plan, and
+// the one runtime -> compile-time dispatch. 16-bit and fp8 storage run the tensor-core kernel
+// (kernels/decode_attention_mma.cuh: storage dtype x head dim = 12 instantiations, the block's
+// heads a runtime value padded to the MMA's 8); fp32 storage runs the CUDA-core kernel
+// (kernels/decode_attention.cuh: head dim x heads per block = 12). The output dtype and RoPE are
+// runtime switches (RoPE launches of the tensor-core kernel add a tile of shared memory for the
+// low pieces of the rotated keys).
+//
+// The plan: a split is at most kStages tiles (all its copies in flight at once), so a sparse
+// step of ~3.3K keys runs in splits of <= 128 keys per kv head and each block pays a few memory
+// latencies, not one per step; short key lists are spread over a whole multiple of the SMs (one
+// wave, every SM busy); long contexts take one wave of blocks (the occupancy of the instantiation
+// times the SMs), every block streaming its share through the tile ring.
 
 #include <algorithm>
 
 #include "engine/cuda/decode_attention.h"
 #include "engine/cuda/kernels/decode_attention.cuh"
+#include "engine/cuda/kernels/decode_attention_mma.cuh"
 
 namespace ihip::engine::cuda {
 namespace {
@@ -14,13 +24,15 @@ namespace {
 namespace da = decode_attention;
 using KernelFn = void (*)(da::KernelParams);
 
-// One instantiation: its entry point and dynamic shared memory.
+// One instantiation: its entry point, dynamic shared memory (plus rope_smem_bytes in RoPE
+// launches) and keys per tile.
 struct KernelInfo {
   KernelFn fn = nullptr;
   int smem_bytes = 0;
+  int rope_smem_bytes = 0;
+  int tile_keys = 0;
 };
 
-constexpr int64_t kMinKeysPerSplit = 64;  // below this the merge costs more than it saves
 constexpr size_t kAlign = 256;
 
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -41,8 +53,16 @@ int HeadsPerBlock(int group) {
 
 template <ElemType kStore, int kHeadDim, int kHeads>
 KernelInfo Info() {
+  using Cfg = da::Config<kStore, kHeadDim, kHeads>;
   return {&da::DecodeAttentionKernel<kStore, kHeadDim, kHeads>,
-          int(sizeof(da::SharedStorage<da::Config<kStore, kHeadDim, kHeads>>))};
+          int(sizeof(da::SharedStorage<Cfg>)), 0, Cfg::kTile};
+}
+
+template <ElemType kStore, int kHeadDim>
+KernelInfo MmaInfo() {
+  using Cfg = da::MmaConfig<kStore, kHeadDim>;
+  return {&da::DecodeAttentionMmaKernel<kStore, kHeadDim>, int(sizeof(da::SharedStorage<Cfg>)),
+          Cfg::kLoBytes, Cfg::kTile};
 }
 
 template <ElemType kStore, int kHeadDim>
@@ -63,15 +83,28 @@ KernelInfo SelectHeads(int heads) {
 
 template <ElemType kStore>
 KernelInfo SelectDim(int head_dim, int heads) {
-  switch (head_dim) {
-    case 64:
-      return SelectHeads<kStore, 64>(heads);
-    case 128:
-      return SelectHeads<kStore, 128>(heads);
-    case 256:
-      return SelectHeads<kStore, 256>(heads);
-    default:
-      return {};
+  if constexpr (kStore == ElemType::kF32) {
+    switch (head_dim) {
+      case 64:
+        return SelectHeads<kStore, 64>(heads);
+      case 128:
+        return SelectHeads<kStore, 128>(heads);
+      case 256:
+        return SelectHeads<kStore, 256>(heads);
+      default:
+        return {};
+    }
+  } else {
+    switch (head_dim) {
+      case 64:
+        return MmaInfo<kStore, 64>();
+      case 128:
+        return MmaInfo<kStore, 128>();
+      case 256:
+        return MmaInfo<kStore, 256>();
+      default:
+        return {};
+    }
   }
 }
 
@@ -92,12 +125,17 @@ KernelInfo SelectKernel(ElemType store, int head_dim, int heads) {
   return {};
 }
 
-// Allows the instantiation its dynamic shared memory (above the default 48 KiB). Not a stream
-// operation: legal while a stream is being captured.
+// Allows the instantiation its dynamic shared memory (above the default 48 KiB; RoPE launches
+// included) and asks for the largest shared-memory carveout (three blocks of ~73 KiB per SM).
+// Not stream operations: legal while a stream is being captured.
 cudaError_t AllowSmem(const KernelInfo& k) {
   if (k.fn == nullptr) return cudaErrorInvalidValue;
-  return cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn),
-                              cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem_bytes);
+  const void* fn = reinterpret_cast<const void*>(k.fn);
+  const cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               k.smem_bytes + k.rope_smem_bytes);
+  if (err != cudaSuccess) return err;
+  return cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                              cudaSharedmemCarveoutMaxShared);
 }
 
 int ElemBytes(ElemType t) {
@@ -139,6 +177,7 @@ cudaError_t BuildKernelParams(const DecodeAttentionParams& in, da::KernelParams*
   p.q = in.q;
   p.num_q_heads = in.num_q_heads;
   p.group = in.num_q_heads / kv.kv_heads;
+  p.heads_per_block = HeadsPerBlock(p.group);
   p.dense = in.dense ? 1 : 0;
   p.blocks = in.blocks;
   p.num_blocks = in.num_blocks;
@@ -183,12 +222,19 @@ cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, Ele
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(k.fn),
                                                       da::kThreads, size_t(k.smem_bytes));
   if (err != cudaSuccess) return err;
-  // One wave: every block resident at once, so no SM idles through a second, partial wave.
+  // One wave: every block resident at once, so no SM idles through a second, partial wave (the
+  // occupancy of launches without RoPE; RoPE launches of the tensor-core kernel use a little
+  // more shared memory). Short key lists: splits of at most kStages full tiles (all in flight
+  // from the start), as many as make a whole multiple of the SMs busy.
   const int64_t head_groups = num_q_heads / heads;
   const int64_t wave = std::max<int64_t>(1, int64_t(per_sm) * num_sms / head_groups);
-  const int64_t by_keys =
-      std::max<int64_t>(1, (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
-  plan->num_splits = int(std::clamp<int64_t>(std::min(wave, by_keys), 1, da::kMaxSplits));
+  const int64_t split_keys = int64_t(da::kStages) * k.tile_keys;
+  int64_t splits = std::max<int64_t>(1, (max_keys + split_keys - 1) / split_keys);
+  if (splits < wave) {
+    const int64_t blocks = (splits * head_groups + num_sms - 1) / num_sms * num_sms;
+    splits = std::min(wave, (blocks + head_groups - 1) / head_groups);
+  }
+  plan->num_splits = int(std::clamp<int64_t>(std::min(wave, splits), 1, da::kMaxSplits));
   plan->heads_per_block = heads;
   plan->workspace_bytes = DecodeAttentionWorkspaceBytes(num_q_heads, head_dim, plan->num_splits);
   return cudaSuccess;
@@ -204,8 +250,9 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& params, cudaStrea
   if (err != cudaSuccess) return err;
   const dim3 grid(unsigned(kp.num_splits), unsigned(params.num_q_heads / heads));
   void* args[] = {&kp};
+  const int smem = k.smem_bytes + (kp.inv_freq != nullptr ? k.rope_smem_bytes : 0);
   return cudaLaunchKernel(reinterpret_cast<const void*>(k.fn), grid, dim3(da::kThreads), args,
-                          size_t(k.smem_bytes), stream);
+                          size_t(smem), stream);
 }
 
 }  // namespace ihip::engine::cuda

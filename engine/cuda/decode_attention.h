@@ -5,7 +5,10 @@
 // baseline) or sparse (the key set and RoPE positions of engine/hip/mask.h SparseRuns). The
 // query heads of one GQA group share a thread block and the keys it loads; each split takes a
 // contiguous share of the attended keys, writes a partial (m, l, acc) and the last block of a
-// head group to finish merges the splits by log-sum-exp (no second kernel).
+// head group to finish merges the splits by log-sum-exp (no second kernel). 16-bit and fp8
+// storage run on tensor cores (mma.sync; q, rotated keys and, for fp32 output, the softmax
+// weights carried as two 16-bit pieces, so fp32 output stays within ~1e-5 of fp32 arithmetic;
+// 16-bit output rounds the weights to 16 bits once); fp32 storage on CUDA cores.
 //
 // Plan once per shape (PlanDecodeAttention), zero the workspace once
 // (InitDecodeAttentionWorkspace), then launch as often as needed: the launch allocates nothing,
@@ -52,8 +55,10 @@ struct DecodeAttentionPlan {
 
 // Chooses the split count for `max_keys` attended keys (dense: the longest context; sparse:
 // sink + 8 * block capacity + window): one wave of thread blocks on `num_sms` SMs (from the
-// kernel's occupancy), never less than ~64 keys per split. Errors: cudaErrorInvalidValue for a
-// shape the kernels do not support (head_dim not 64/128/256, Hq not a multiple of Hkv).
+// kernel's occupancy); short key lists get splits of at most two key tiles (16-bit and fp8
+// storage: 128 keys; a split's whole share is then loaded at once), as many as fill a whole
+// multiple of the SMs. Errors: cudaErrorInvalidValue
+// for a shape the kernels do not support (head_dim not 64/128/256, Hq not a multiple of Hkv).
 cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, ElemType kv_dtype,
                                 int64_t max_keys, int num_sms, DecodeAttentionPlan* plan);
 
