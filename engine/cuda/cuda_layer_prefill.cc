@@ -1,10 +1,11 @@
 // CudaLayer::Prefill: a prefill chunk on the GPU (DESIGN §3.2 prefill, §3.5). Each query block
 // of 64 queries is pruned with its queries mean-pooled over groups of pool_stride in the pooled
-// stages (as the CPU backend), into its own row of selected blocks; one tensor-core attention
-// launch then serves every block.
+// stages (as the CPU backend), into its own row of selected blocks (all full blocks in one
+// batched pruning run); one tensor-core attention launch then serves every block.
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_check.h"
@@ -108,14 +109,45 @@ absl::Status CudaLayer::Prefill(const LayerStep& step, bool dense, cudaStream_t 
     IHIP_RETURN_IF_ERROR(pf_counts_.Reserve(size_t(in.num_blocks) * sizeof(int)));
     const int64_t* d_pos = pf_pos_.as<const int64_t>();
     const size_t full_pos_offset = in.pooled_pos.size();
-    for (int b = 0; b < in.num_blocks; ++b) {
-      if (b % 16 == 0 && step.interrupt != nullptr) {
-        const absl::Status st = step.interrupt->Check();
-        if (!st.ok()) {
-          cudaStreamSynchronize(s);
-          return st;
-        }
+    if (step.interrupt != nullptr) {
+      const absl::Status st = step.interrupt->Check();
+      if (!st.ok()) {
+        cudaStreamSynchronize(s);
+        return st;
       }
+    }
+    // Every block with a full query block is pruned in one batched run (its own workspace
+    // slice, shared with the attention that follows on the stream); a shorter last block has
+    // its own plan and runs alone.
+    const bool last_short = !in.counts.empty() &&
+                            in.counts.back() != std::make_pair(in.max_pooled, cfg.query_block);
+    const int batched = in.num_blocks - (last_short ? 1 : 0);
+    pa.blocks = pf_blocks_.as<const int64_t>();
+    pa.block_counts = pf_counts_.as<const int>();
+    pa.max_blocks = cap;
+    IHIP_RETURN_IF_ERROR(pf_ws_.Reserve(std::max<size_t>(
+        {PrefillAttentionWorkspaceBytes(pa), PruneBatchWorkspaceBytes(*full_plan, batched), 16})));
+    if (batched > 0) {
+      PruneBatchParams bp;
+      bp.kv = Kv();
+      bp.step = pf_step_.as<const StepScalars>();
+      bp.pooled_q = pf_pooled_.as<const float>();
+      bp.pooled_q_stride = int64_t(in.max_pooled) * qrow;
+      bp.pooled_positions = d_pos;
+      bp.pooled_positions_stride = in.max_pooled;
+      bp.full_q = pf_q_.as<const float>();
+      bp.full_q_stride = int64_t(cfg.query_block) * qrow;
+      bp.full_positions = d_pos + full_pos_offset;
+      bp.full_positions_stride = cfg.query_block;
+      bp.rope = Rope();
+      bp.blocks = pf_blocks_.as<int64_t>();
+      bp.blocks_stride = cap;
+      bp.block_counts = pf_counts_.as<int>();
+      bp.num_query_blocks = batched;
+      bp.workspace = pf_ws_.get();
+      IHIP_CUDA_RETURN_IF_ERROR(LaunchRunStagesBatched(*full_plan, bp, s));
+    }
+    for (int b = batched; b < in.num_blocks; ++b) {
       IHIP_ASSIGN_OR_RETURN(const PrunePlan* plan, PlanFor(cfg, in.counts[b].first,
                                                            in.counts[b].second, step.kv_length));
       PruneParams pp;
@@ -133,10 +165,7 @@ absl::Status CudaLayer::Prefill(const LayerStep& step, bool dense, cudaStream_t 
       pp.workspace = prune_ws_.get();
       IHIP_CUDA_RETURN_IF_ERROR(LaunchRunStages(*plan, pp, 0, s));
     }
-    mask_valid_ = false;  // the decode mask buffers served as stage scratch
-    pa.blocks = pf_blocks_.as<const int64_t>();
-    pa.block_counts = pf_counts_.as<const int>();
-    pa.max_blocks = cap;
+    mask_valid_ = false;  // the decode mask buffers may have served as stage scratch
   }
   IHIP_RETURN_IF_ERROR(pf_ws_.Reserve(std::max<size_t>(PrefillAttentionWorkspaceBytes(pa), 16)));
   pa.workspace = pf_ws_.get();

@@ -1,9 +1,10 @@
 // Launchers of GPU pruning (pruning.h): plan sizes every buffer and grid for a maximum KV length;
-// a run is one memset of the score keys plus, per stage, a score kernel (persistent grid) and
-// the select kernel (one CTA). Score kernels: the tensor-core one (kernels/score_mma.cuh, 16-bit
-// and fp8 keys, RoPE none or relative) where it applies, else the CUDA-core one
-// (kernels/score_chunks.cuh). The runtime -> compile-time dispatch picks the CUDA-core kernel for
-// (storage dtype, head dim) here and the tensor-core one in pruning_mma.cu.
+// a run is one memset of the score keys plus, per stage, a score kernel (persistent grid) and the
+// select kernel (one CTA per query block, kernels/select_chunks.cuh). Score kernels: the
+// tensor-core one (kernels/score_mma.cuh, 16-bit and fp8 keys, RoPE none or relative) where it
+// applies, else the CUDA-core one (kernels/score_chunks.cuh). The runtime -> compile-time
+// dispatch picks the CUDA-core kernel for (storage dtype, head dim) here and the tensor-core one
+// in pruning_mma.cu. A batched run (prefill) is the same launches with grid y = query block.
 
 #include <algorithm>
 
@@ -19,7 +20,6 @@ using kernels::kChunksPerScoreCta;
 using kernels::kScoreChains;
 using kernels::kScoreThreads;
 using kernels::kScoreWarps;
-using kernels::kSelectThreads;
 using ScoreKernel = void (*)(kernels::ScoreParams);
 
 constexpr size_t kAlign = 256;
@@ -109,6 +109,18 @@ void LayOutWorkspace(PrunePlan* plan) {
     off = AlignUp(off + size_t(plan->kept_capacity[s]) * sizeof(int64_t));
   }
   plan->workspace_bytes = off;
+  for (int s = 1; s < plan->cfg.num_stages; ++s) {
+    plan->batch_inputs_offset[s] = off;
+    off = AlignUp(off + size_t(plan->max_candidates[s]) * sizeof(int64_t));
+  }
+  plan->batch_counts_offset = off;
+  plan->batch_block_bytes = AlignUp(off + DeviceMask::kMaxStages * sizeof(int));
+}
+
+// Shared memory of the select after stage s: its keys in smem up to kSelectCachedKeys.
+int SelectSmem(PrunePlan* plan, int s) {
+  plan->cached_keys[s] = std::min(plan->max_candidates[s], kernels::kSelectCachedKeys);
+  return kernels::SelectSmemBytes(plan->cached_keys[s]);
 }
 
 // The tensor-core score kernel's shared memory and grid per stage (0: the stage does not use it):
@@ -118,9 +130,10 @@ cudaError_t SizeMmaGrids(PrunePlan* plan, int sms, int optin) {
   if (kernel == nullptr) return cudaSuccess;
   const int tile = kernels::MmaSlots(plan->dtype, plan->head_dim) * kernels::kMmaChainsPerSlot;
   int max_smem = 0;
+  int smem_of[DeviceMask::kMaxStages] = {};
   for (int s = 0; s < plan->cfg.num_stages; ++s) {
-    const int smem = kernels::MmaSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
-    if (smem <= optin) max_smem = std::max(max_smem, smem);
+    smem_of[s] = kernels::MmaSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
+    if (smem_of[s] <= optin) max_smem = std::max(max_smem, smem_of[s]);
   }
   if (max_smem > kDefaultSmemLimit) {
     const cudaError_t err =
@@ -128,7 +141,7 @@ cudaError_t SizeMmaGrids(PrunePlan* plan, int sms, int optin) {
     if (err != cudaSuccess) return err;
   }
   for (int s = 0; s < plan->cfg.num_stages; ++s) {
-    const int smem = kernels::MmaSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
+    const int smem = smem_of[s];
     if (smem > optin) continue;
     int per_sm = 0;
     const cudaError_t err =
@@ -141,6 +154,7 @@ cudaError_t SizeMmaGrids(PrunePlan* plan, int sms, int optin) {
                                                      kernels::kMmaWarps);
     plan->mma_grid[s] = int(per_head * plan->num_q_heads);
     plan->mma_smem[s] = smem;
+    plan->mma_resident[s] = per_sm * sms;
   }
   return cudaSuccess;
 }
@@ -159,6 +173,7 @@ cudaError_t SizeScoreGrids(PrunePlan* plan) {
   int max_smem = 0;
   for (int s = 0; s < plan->cfg.num_stages; ++s) {
     plan->score_smem[s] = ScoreSmemBytes(QueriesOfStage(*plan, s), plan->head_dim);
+    plan->select_smem[s] = SelectSmem(plan, s);
     max_smem = std::max(max_smem, plan->score_smem[s]);
   }
   if (max_smem > optin) return cudaErrorInvalidValue;
@@ -173,45 +188,152 @@ cudaError_t SizeScoreGrids(PrunePlan* plan) {
     if (err != cudaSuccess) return err;
     const int64_t items = int64_t(plan->max_candidates[s] + kChunksPerScoreCta - 1) /
                           kChunksPerScoreCta * plan->num_q_heads;
-    plan->score_grid[s] = int(std::clamp<int64_t>(items, 1, int64_t(std::max(per_sm, 1)) * sms));
+    plan->score_resident[s] = std::max(per_sm, 1) * sms;
+    plan->score_grid[s] = int(std::clamp<int64_t>(items, 1, plan->score_resident[s]));
   }
   return SizeMmaGrids(plan, sms, optin);
 }
 
-kernels::StageCandidates CandidatesOf(const PrunePlan& plan, const PruneParams& params, int s) {
+// Where one launch finds every query block's inputs and outputs: pointers of block 0 and the
+// strides (elements) to the next block; a single run is one block with zero strides.
+struct RunArgs {
+  DeviceKv kv;
+  DeviceRope rope;
+  const StepScalars* step = nullptr;
+  const float* pooled_q = nullptr;
+  const int64_t* pooled_pos = nullptr;
+  const float* full_q = nullptr;
+  const int64_t* full_pos = nullptr;
+  int64_t* inputs[DeviceMask::kMaxStages] = {};  // stage s's candidates (s >= 1)
+  int* counts = nullptr;                         // [kMaxStages] candidate counts
+  int64_t* blocks = nullptr;                     // final 8-token blocks
+  int* num_blocks = nullptr;
+  uint8_t* ws = nullptr;                         // null only for LaunchScoreChunks
+  int num_query_blocks = 1;
+  int64_t step_stride = 0, pooled_q_stride = 0, pooled_pos_stride = 0, full_q_stride = 0;
+  int64_t full_pos_stride = 0, ws_stride = 0;  // ws_stride in bytes
+  int64_t inputs_stride = 0, counts_stride = 0, blocks_stride = 0, num_blocks_stride = 0;
+};
+
+template <class T>
+T* WsAt(const RunArgs& a, size_t offset) {
+  return a.ws != nullptr ? reinterpret_cast<T*>(a.ws + offset) : nullptr;
+}
+
+RunArgs SingleRun(const PruneParams& params) {
+  RunArgs a;
+  a.kv = params.kv;
+  a.rope = params.rope;
+  a.step = params.step;
+  a.pooled_q = params.pooled_q;
+  a.pooled_pos = params.pooled_positions;
+  a.full_q = params.full_q;
+  a.full_pos = params.full_positions;
+  for (int s = 1; s < DeviceMask::kMaxStages; ++s) a.inputs[s] = params.mask.stage_inputs[s];
+  a.counts = params.mask.stage_input_counts;
+  a.blocks = params.mask.blocks;
+  a.num_blocks = params.mask.num_blocks;
+  a.ws = static_cast<uint8_t*>(params.workspace);
+  return a;
+}
+
+RunArgs BatchRun(const PrunePlan& plan, const PruneBatchParams& params) {
+  RunArgs a;
+  a.kv = params.kv;
+  a.rope = params.rope;
+  a.step = params.step;
+  a.pooled_q = params.pooled_q;
+  a.pooled_pos = params.pooled_positions;
+  a.full_q = params.full_q;
+  a.full_pos = params.full_positions;
+  a.ws = static_cast<uint8_t*>(params.workspace);
+  for (int s = 1; s < plan.cfg.num_stages; ++s) {
+    a.inputs[s] = WsAt<int64_t>(a, plan.batch_inputs_offset[s]);
+  }
+  a.counts = WsAt<int>(a, plan.batch_counts_offset);
+  a.blocks = params.blocks;
+  a.num_blocks = params.block_counts;
+  a.num_query_blocks = params.num_query_blocks;
+  a.step_stride = 1;
+  a.pooled_q_stride = params.pooled_q_stride;
+  a.pooled_pos_stride = params.pooled_positions_stride;
+  a.full_q_stride = params.full_q_stride;
+  a.full_pos_stride = params.full_positions_stride;
+  a.ws_stride = int64_t(plan.batch_block_bytes);
+  a.inputs_stride = a.ws_stride / int64_t(sizeof(int64_t));
+  a.counts_stride = a.ws_stride / int64_t(sizeof(int));
+  a.blocks_stride = params.blocks_stride;
+  a.num_blocks_stride = 1;
+  return a;
+}
+
+kernels::StageCandidates CandidatesOf(const PrunePlan& plan, const RunArgs& a, int s) {
   kernels::StageCandidates c;
   c.capacity = plan.max_candidates[s];
   c.grid_first = plan.cfg.sink_tokens;
   c.grid_step = plan.cfg.stages[0].chunk_size;
   c.window = plan.cfg.window_tokens;
   if (s > 0) {
-    c.lefts = params.mask.stage_inputs[s];
-    c.count = params.mask.stage_input_counts + s;
+    c.lefts = a.inputs[s];
+    c.count = a.counts + s;
   }
+  c.block_bytes = int(a.ws_stride);
   return c;
 }
 
-kernels::ScoreParams MakeScoreParams(const PrunePlan& plan, const PruneParams& params, int s,
-                                     const kernels::StageCandidates& cand, uint32_t* keys) {
+kernels::SelectParams MakeSelectParams(const PrunePlan& plan, const RunArgs& a, int s) {
+  const PruneConfig& c = plan.cfg;
+  const bool last = s + 1 == c.num_stages;
+  kernels::SelectParams p;
+  p.kept_chunks = c.stages[s].kept_chunks;
+  p.chunk_size = c.stages[s].chunk_size;
+  p.next_chunk_size = last ? 0 : c.stages[s + 1].chunk_size;
+  p.sink = c.sink_tokens;
+  p.kept = WsAt<int64_t>(a, plan.kept_offset[s]);
+  p.kept_capacity = plan.kept_capacity[s];
+  p.out = last ? a.blocks : a.inputs[s + 1];
+  p.out_count = last ? a.num_blocks : a.counts + s + 1;
+  p.out_capacity = last ? plan.block_capacity : plan.max_candidates[s + 1];
+  p.cached_keys = plan.cached_keys[s];
+  p.out_stride = int(last ? a.blocks_stride : a.inputs_stride);
+  p.out_count_stride = int(last ? a.num_blocks_stride : a.counts_stride);
+  return p;
+}
+
+// Score and select parameters of stage s.
+kernels::ScoreParams MakeScoreParams(const PrunePlan& plan, const RunArgs& a, int s) {
   const bool pooled = s < plan.cfg.pooled_stages;
   kernels::ScoreParams p;
-  p.kv = params.kv;
-  p.step = params.step;
-  p.cand = cand;
-  p.q = pooled ? params.pooled_q : params.full_q;
-  p.positions = pooled ? params.pooled_positions : params.full_positions;
+  p.kv = a.kv;
+  p.step = a.step;
+  p.cand = CandidatesOf(plan, a, s);
+  p.q = pooled ? a.pooled_q : a.full_q;
+  p.positions = pooled ? a.pooled_pos : a.full_pos;
   p.num_q = QueriesOfStage(plan, s);
   p.num_q_heads = plan.num_q_heads;
   p.group = plan.num_q_heads / plan.kv_heads;
   p.chunk_size = plan.cfg.stages[s].chunk_size;
   p.masking_window = plan.cfg.masking_window();
-  p.inv_freq = params.rope.inv_freq;
+  p.inv_freq = a.rope.inv_freq;
   p.rope_style = plan.cfg.rope_style;
-  p.keys = keys;
+  p.keys = WsAt<uint32_t>(a, plan.keys_offset[s]);
+  p.select = MakeSelectParams(plan, a, s);
+  p.step_stride = int(a.step_stride);
+  p.q_stride = int(pooled ? a.pooled_q_stride : a.full_q_stride);
+  p.positions_stride = int(pooled ? a.pooled_pos_stride : a.full_pos_stride);
   return p;
 }
 
-cudaError_t LaunchScore(const PrunePlan& plan, const kernels::ScoreParams& p, int s,
+// CTAs per query block: the plan's grid for one block; a batch shares out the resident CTAs
+// (at least one per head or item; the items of a block bound it from above).
+int64_t BatchedGrid(int single, int resident, int unit, int num_query_blocks) {
+  if (num_query_blocks == 1) return single;
+  const int64_t units = std::max<int64_t>(1, single / unit);
+  const int64_t share = (int64_t(resident) / unit + num_query_blocks - 1) / num_query_blocks;
+  return std::clamp<int64_t>(share, 1, units) * unit;
+}
+
+cudaError_t LaunchScore(const PrunePlan& plan, const kernels::ScoreParams& p, int s, int nqb,
                         cudaStream_t stream) {
   const bool chunk_indexed = p.inv_freq != nullptr && p.rope_style != kPruneRopeRelative;
   if (plan.mma_grid[s] > 0 && !chunk_indexed) {
@@ -221,7 +343,10 @@ cudaError_t LaunchScore(const PrunePlan& plan, const kernels::ScoreParams& p, in
           mma, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.mma_smem[s]);
       if (err != cudaSuccess) return err;
     }
-    mma<<<plan.mma_grid[s], kernels::kMmaThreads, plan.mma_smem[s], stream>>>(p);
+    const dim3 grid(unsigned(BatchedGrid(plan.mma_grid[s], plan.mma_resident[s],
+                                         plan.num_q_heads, nqb)),
+                    unsigned(nqb));
+    mma<<<grid, kernels::kMmaThreads, plan.mma_smem[s], stream>>>(p);
     return cudaGetLastError();
   }
   const ScoreKernel kernel = PickScoreKernel(plan.dtype, plan.head_dim);
@@ -230,24 +355,26 @@ cudaError_t LaunchScore(const PrunePlan& plan, const kernels::ScoreParams& p, in
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.score_smem[s]);
     if (err != cudaSuccess) return err;
   }
-  kernel<<<plan.score_grid[s], kScoreThreads, plan.score_smem[s], stream>>>(p);
+  const dim3 grid(unsigned(BatchedGrid(plan.score_grid[s], plan.score_resident[s], 1, nqb)),
+                  unsigned(nqb));
+  kernel<<<grid, kScoreThreads, plan.score_smem[s], stream>>>(p);
   return cudaGetLastError();
 }
 
 // Host checks of what a launch reads by value.
-cudaError_t CheckParams(const PrunePlan& plan, const PruneParams& params, int stage) {
-  if (stage < 0 || stage >= plan.cfg.num_stages || params.step == nullptr) {
+cudaError_t CheckArgs(const PrunePlan& plan, const RunArgs& a, int stage) {
+  if (stage < 0 || stage >= plan.cfg.num_stages || a.step == nullptr) {
     return cudaErrorInvalidValue;
   }
-  if (params.kv.pages == nullptr || params.kv.kv_heads != plan.kv_heads ||
-      params.kv.head_dim != plan.head_dim || params.kv.dtype != plan.dtype ||
-      params.kv.page_tokens < 8 || params.kv.page_tokens % 8 != 0) {
+  if (a.kv.pages == nullptr || a.kv.kv_heads != plan.kv_heads ||
+      a.kv.head_dim != plan.head_dim || a.kv.dtype != plan.dtype || a.kv.page_tokens < 8 ||
+      a.kv.page_tokens % 8 != 0) {
     return cudaErrorInvalidValue;
   }
   const bool pooled = stage < plan.cfg.pooled_stages;
-  const int64_t* positions = pooled ? params.pooled_positions : params.full_positions;
-  if ((pooled ? params.pooled_q : params.full_q) == nullptr) return cudaErrorInvalidValue;
-  if (params.rope.inv_freq != nullptr && plan.cfg.rope_style != kPruneRopeRelative &&
+  const int64_t* positions = pooled ? a.pooled_pos : a.full_pos;
+  if ((pooled ? a.pooled_q : a.full_q) == nullptr) return cudaErrorInvalidValue;
+  if (a.rope.inv_freq != nullptr && plan.cfg.rope_style != kPruneRopeRelative &&
       positions == nullptr) {
     return cudaErrorInvalidValue;
   }
@@ -267,24 +394,26 @@ cudaError_t CheckMask(const PrunePlan& plan, const DeviceMask& m) {
   return cudaSuccess;
 }
 
-kernels::SelectParams MakeSelectParams(const PrunePlan& plan, const PruneParams& params, int s) {
-  auto* ws = static_cast<uint8_t*>(params.workspace);
-  const PruneConfig& c = plan.cfg;
-  const bool last = s + 1 == c.num_stages;
-  kernels::SelectParams p;
-  p.step = params.step;
-  p.cand = CandidatesOf(plan, params, s);
-  p.keys = reinterpret_cast<const uint32_t*>(ws + plan.keys_offset[s]);
-  p.kept_chunks = c.stages[s].kept_chunks;
-  p.chunk_size = c.stages[s].chunk_size;
-  p.next_chunk_size = last ? 0 : c.stages[s + 1].chunk_size;
-  p.sink = c.sink_tokens;
-  p.kept = reinterpret_cast<int64_t*>(ws + plan.kept_offset[s]);
-  p.kept_capacity = plan.kept_capacity[s];
-  p.out = last ? params.mask.blocks : params.mask.stage_inputs[s + 1];
-  p.out_count = last ? params.mask.num_blocks : params.mask.stage_input_counts + s + 1;
-  p.out_capacity = last ? plan.block_capacity : plan.max_candidates[s + 1];
-  return p;
+// Stages from_stage.. of every query block of `a`, after the caller cleared their score keys.
+cudaError_t LaunchStages(const PrunePlan& plan, const RunArgs& a, int from_stage,
+                         cudaStream_t stream) {
+  const int nqb = a.num_query_blocks;
+  for (int s = from_stage; s < plan.cfg.num_stages; ++s) {
+    const kernels::ScoreParams p = MakeScoreParams(plan, a, s);
+    cudaError_t err = LaunchScore(plan, p, s, nqb, stream);
+    if (err != cudaSuccess) return err;
+    kernels::SelectChunksKernel<kernels::kSelectThreads>
+        <<<dim3(1, unsigned(nqb)), kernels::kSelectThreads, plan.select_smem[s], stream>>>(p);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+// End of the score keys in a workspace (slice).
+size_t KeysEnd(const PrunePlan& plan) {
+  const int last = plan.cfg.num_stages - 1;
+  return plan.keys_offset[last] + size_t(plan.max_candidates[last]) * sizeof(uint32_t);
 }
 
 }  // namespace
@@ -315,8 +444,9 @@ cudaError_t PlanPrune(const PruneConfig& cfg, int num_q_heads, int kv_heads, int
 cudaError_t LaunchRunStages(const PrunePlan& plan, const PruneParams& params, int from_stage,
                             cudaStream_t stream) {
   const int n = plan.cfg.num_stages;
+  const RunArgs a = SingleRun(params);
   for (int s = from_stage; s < n && s >= 0; ++s) {
-    const cudaError_t err = CheckParams(plan, params, s);
+    const cudaError_t err = CheckArgs(plan, a, s);
     if (err != cudaSuccess) return err;
   }
   if (from_stage < 0 || from_stage >= n || params.workspace == nullptr) {
@@ -324,37 +454,64 @@ cudaError_t LaunchRunStages(const PrunePlan& plan, const PruneParams& params, in
   }
   cudaError_t err = CheckMask(plan, params.mask);
   if (err != cudaSuccess) return err;
-  auto* ws = static_cast<uint8_t*>(params.workspace);
-  const size_t keys_begin = plan.keys_offset[from_stage];
-  const size_t keys_end = plan.keys_offset[n - 1] + size_t(plan.max_candidates[n - 1]) * 4;
-  err = cudaMemsetAsync(ws + keys_begin, 0, keys_end - keys_begin, stream);
+  const size_t begin = plan.keys_offset[from_stage];
+  err = cudaMemsetAsync(a.ws + begin, 0, KeysEnd(plan) - begin, stream);
   if (err != cudaSuccess) return err;
-  for (int s = from_stage; s < n; ++s) {
-    auto* keys = reinterpret_cast<uint32_t*>(ws + plan.keys_offset[s]);
-    err = LaunchScore(plan, MakeScoreParams(plan, params, s, CandidatesOf(plan, params, s), keys),
-                      s, stream);
-    if (err != cudaSuccess) return err;
-    kernels::SelectChunksKernel<<<1, kSelectThreads, 0, stream>>>(
-        MakeSelectParams(plan, params, s));
-    err = cudaGetLastError();
+  return LaunchStages(plan, a, from_stage, stream);
+}
+
+size_t PruneBatchWorkspaceBytes(const PrunePlan& plan, int num_query_blocks) {
+  return plan.batch_block_bytes * size_t(std::max(num_query_blocks, 0));
+}
+
+cudaError_t LaunchRunStagesBatched(const PrunePlan& plan, const PruneBatchParams& params,
+                                   cudaStream_t stream) {
+  const RunArgs a = BatchRun(plan, params);
+  for (int s = 0; s < plan.cfg.num_stages; ++s) {
+    const cudaError_t err = CheckArgs(plan, a, s);
     if (err != cudaSuccess) return err;
   }
-  return cudaSuccess;
+  if (params.num_query_blocks < 1 || params.num_query_blocks > 65535 ||
+      params.workspace == nullptr || params.blocks == nullptr ||
+      params.block_counts == nullptr || params.blocks_stride < plan.block_capacity ||
+      (plan.cfg.pooled_stages > 0 && params.pooled_q_stride < int64_t(plan.num_pooled) *
+                                                                   plan.num_q_heads *
+                                                                   plan.head_dim) ||
+      params.full_q_stride < int64_t(plan.num_full) * plan.num_q_heads * plan.head_dim) {
+    return cudaErrorInvalidValue;
+  }
+  // Kernels offset per-block pointers in 32-bit arithmetic.
+  const int64_t last = params.num_query_blocks - 1;
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (int64_t(plan.batch_block_bytes) * (last + 1) > kMax ||
+      std::max({params.pooled_q_stride, params.full_q_stride, params.pooled_positions_stride,
+                params.full_positions_stride, int64_t(params.blocks_stride)}) * last > kMax ||
+      std::min({params.pooled_q_stride, params.full_q_stride, params.pooled_positions_stride,
+                params.full_positions_stride}) < 0) {
+    return cudaErrorInvalidValue;
+  }
+  cudaError_t err = cudaMemset2DAsync(a.ws, plan.batch_block_bytes, 0, KeysEnd(plan),
+                                      size_t(params.num_query_blocks), stream);
+  if (err != cudaSuccess) return err;
+  return LaunchStages(plan, a, 0, stream);
 }
 
 cudaError_t LaunchScoreChunks(const PrunePlan& plan, const PruneParams& params, int stage,
                               const int64_t* lefts, const int* count, uint32_t* keys,
                               cudaStream_t stream) {
-  cudaError_t err = CheckParams(plan, params, stage);
+  const RunArgs a = SingleRun(params);
+  cudaError_t err = CheckArgs(plan, a, stage);
   if (err != cudaSuccess) return err;
   if (keys == nullptr || (lefts == nullptr) != (count == nullptr)) return cudaErrorInvalidValue;
   err = cudaMemsetAsync(keys, 0, size_t(plan.max_candidates[stage]) * sizeof(uint32_t), stream);
   if (err != cudaSuccess) return err;
-  kernels::StageCandidates cand = CandidatesOf(plan, params, 0);
-  cand.capacity = plan.max_candidates[stage];
-  cand.lefts = lefts;
-  cand.count = count;
-  return LaunchScore(plan, MakeScoreParams(plan, params, stage, cand, keys), stage, stream);
+  kernels::ScoreParams p = MakeScoreParams(plan, a, stage);
+  p.cand = CandidatesOf(plan, a, 0);
+  p.cand.capacity = plan.max_candidates[stage];
+  p.cand.lefts = lefts;
+  p.cand.count = count;
+  p.keys = keys;
+  return LaunchScore(plan, p, stage, 1, stream);
 }
 
 }  // namespace ihip::engine::cuda

@@ -13,6 +13,8 @@
 // heads), limit = min(kv_length, p_min - masking_window + 1); the select kernel keeps the top
 // kept_chunks active chunks (higher score first, then lower token index), sorts them, and writes
 // either the next stage's candidates (SplitChunks) or the final 8-token blocks (ChunksToBlocks).
+// LaunchRunStagesBatched runs many query blocks (a prefill chunk) in the same few launches
+// (grid y = query block).
 //
 // Capacities the caller allocates in DeviceMask (checked by LaunchRunStages):
 //   stage_capacity[s] >= plan.max_candidates[s] for 1 <= s < num_stages
@@ -70,9 +72,19 @@ struct PrunePlan {
   int mma_grid[DeviceMask::kMaxStages] = {};        // CTAs of the tensor-core score kernel
                                                     // (num_q_heads x CTAs per head); 0 = unused
   int mma_smem[DeviceMask::kMaxStages] = {};        // its dynamic shared memory (bytes)
+  int score_resident[DeviceMask::kMaxStages] = {};  // CTAs of each kernel resident on the whole
+  int mma_resident[DeviceMask::kMaxStages] = {};    // device (batched launches share them out)
+  int cached_keys[DeviceMask::kMaxStages] = {};     // score keys the select caches in smem
+  int select_smem[DeviceMask::kMaxStages] = {};     // the select kernel's dynamic smem (bytes)
   size_t keys_offset[DeviceMask::kMaxStages] = {};  // workspace: uint32 score keys per stage
   size_t kept_offset[DeviceMask::kMaxStages] = {};  // workspace: int64 kept lefts per stage
   size_t workspace_bytes = 0;
+  // A batched run's workspace holds one slice of batch_block_bytes per query block: the layout
+  // above, then the stage inputs (int64 [max_candidates[s]] at batch_inputs_offset[s], s >= 1)
+  // and their counts (int [kMaxStages] at batch_counts_offset).
+  size_t batch_inputs_offset[DeviceMask::kMaxStages] = {};
+  size_t batch_counts_offset = 0;
+  size_t batch_block_bytes = 0;
 };
 
 struct PruneParams {
@@ -102,6 +114,38 @@ cudaError_t PlanPrune(const PruneConfig& cfg, int num_q_heads, int kv_heads, int
 // (counts beyond a capacity are clamped to it). Graph-capturable.
 cudaError_t LaunchRunStages(const PrunePlan& plan, const PruneParams& params, int from_stage,
                             cudaStream_t stream);
+
+// Query blocks pruned together (a prefill chunk), each as LaunchRunStages from stage 0 with its
+// own step scalars and queries: block b reads step[b], pooled_q + b * pooled_q_stride, ... and
+// writes its final 8-token blocks to blocks + b * blocks_stride and their count to
+// block_counts[b]. Every block has the plan's num_pooled and num_full queries. The stage inputs
+// are scratch inside the workspace.
+struct PruneBatchParams {
+  DeviceKv kv;
+  const StepScalars* step = nullptr;          // device [num_query_blocks]
+  const float* pooled_q = nullptr;            // device, per block [num_pooled][Hq][D] fp32
+  int64_t pooled_q_stride = 0;                // floats between blocks
+  const int64_t* pooled_positions = nullptr;  // device, per block [num_pooled]
+  int64_t pooled_positions_stride = 0;        // entries between blocks
+  const float* full_q = nullptr;              // device, per block [num_full][Hq][D] fp32
+  int64_t full_q_stride = 0;
+  const int64_t* full_positions = nullptr;  // device, per block [num_full]
+  int64_t full_positions_stride = 0;
+  DeviceRope rope;
+  int64_t* blocks = nullptr;      // device [num_query_blocks][blocks_stride]
+  int blocks_stride = 0;          // >= plan.block_capacity
+  int* block_counts = nullptr;    // device [num_query_blocks]
+  int num_query_blocks = 0;       // 1..65535; batch workspace and every stride x blocks < 2^31
+  void* workspace = nullptr;      // device [PruneBatchWorkspaceBytes], 256-byte aligned
+};
+
+size_t PruneBatchWorkspaceBytes(const PrunePlan& plan, int num_query_blocks);
+
+// Prunes every query block of `params` on `stream` (one memset, then a score and a select kernel
+// per stage for the whole batch); the same blocks as LaunchRunStages per block.
+// Graph-capturable.
+cudaError_t LaunchRunStagesBatched(const PrunePlan& plan, const PruneBatchParams& params,
+                                   cudaStream_t stream);
 
 // The scores of one stage alone (as cpu::ScoreChunks): candidates `lefts` (device, ascending;
 // null = the stage-1 grid implied by step->p_min) with device count `count` (null with null

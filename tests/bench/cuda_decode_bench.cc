@@ -512,32 +512,28 @@ PrefillRow RunPrefill(int64_t context, int chunk, Timer& timer, int sms) {
   cu::PrunePlan plan;
   CHECK_CUDA(cu::PlanPrune(cu::ToPruneConfig(cfg), kHq, kHkv, kD, cu::ElemType::kBF16, ng,
                            cfg.query_block, context, &plan));
-  cu::DeviceMask mask;
-  for (int s = 1; s < plan.cfg.num_stages; ++s) {
-    mask.stage_inputs[s] = DeviceAlloc<int64_t>(plan.max_candidates[s]);
-    mask.stage_capacity[s] = plan.max_candidates[s];
-  }
-  mask.stage_input_counts = DeviceAlloc<int>(cu::DeviceMask::kMaxStages);
   int64_t* d_blocks = DeviceAlloc<int64_t>(size_t(nqb) * plan.block_capacity);
   int* d_counts = DeviceAlloc<int>(nqb);
-  void* ws = DeviceAlloc<uint8_t>(plan.workspace_bytes);
+  void* ws = DeviceAlloc<uint8_t>(cu::PruneBatchWorkspaceBytes(plan, nqb));
   cudaStream_t s = timer.streams[0];
-  auto prune = [&] {
-    for (int b = 0; b < nqb; ++b) {
-      cu::PruneParams pp;
-      pp.kv = kv.kv;
-      pp.step = d_scalars + b;
-      pp.pooled_q = d_pooled + size_t(b) * ng * kHq * kD;
-      pp.pooled_positions = d_pos + size_t(b) * ng;
-      pp.full_q = d_q + size_t(b) * cfg.query_block * kHq * kD;
-      pp.full_positions = d_pos + size_t(nqb) * ng + size_t(b) * cfg.query_block;
-      pp.mask = mask;
-      pp.mask.blocks = d_blocks + size_t(b) * plan.block_capacity;
-      pp.mask.num_blocks = d_counts + b;
-      pp.mask.block_capacity = plan.block_capacity;
-      pp.workspace = ws;
-      CHECK_CUDA(cu::LaunchRunStages(plan, pp, 0, s));
-    }
+  auto prune = [&] {  // every query block of the chunk in one batched run
+    cu::PruneBatchParams bp;
+    bp.kv = kv.kv;
+    bp.step = d_scalars;
+    bp.pooled_q = d_pooled;
+    bp.pooled_q_stride = int64_t(ng) * kHq * kD;
+    bp.pooled_positions = d_pos;
+    bp.pooled_positions_stride = ng;
+    bp.full_q = d_q;
+    bp.full_q_stride = int64_t(cfg.query_block) * kHq * kD;
+    bp.full_positions = d_pos + size_t(nqb) * ng;
+    bp.full_positions_stride = cfg.query_block;
+    bp.blocks = d_blocks;
+    bp.blocks_stride = plan.block_capacity;
+    bp.block_counts = d_counts;
+    bp.num_query_blocks = nqb;
+    bp.workspace = ws;
+    CHECK_CUDA(cu::LaunchRunStagesBatched(plan, bp, s));
   };
   float* d_o = DeviceAlloc<float>(q.size());
   cu::PrefillAttentionParams pa;
@@ -590,10 +586,9 @@ PrefillRow RunPrefill(int64_t context, int chunk, Timer& timer, int sms) {
   row.sparse_attn = time([&] { attend(false); }, reps);
   row.dense = time([&] { attend(true); }, reps);
   for (void* p : {(void*)d_q, (void*)d_pooled, (void*)d_pos, (void*)d_scalars, (void*)d_blocks,
-                  (void*)d_counts, ws, (void*)d_o, (void*)mask.stage_input_counts}) {
+                  (void*)d_counts, ws, (void*)d_o}) {
     cudaFree(p);
   }
-  for (int st = 1; st < plan.cfg.num_stages; ++st) cudaFree(mask.stage_inputs[st]);
   return row;
 }
 

@@ -3,6 +3,7 @@
 // Scoring kernel of GPU pruning (engine/cuda/pruning.h, DESIGN §3.2/§3.4): the representative-
 // token search of engine/cpu/representative_search.h for every (candidate chunk, query head),
 // max-reduced over heads into one order-preserving uint32 key per chunk (atomicMax; 0 = inactive).
+// Grid y = query block in batched launches (score_common.cuh).
 //
 // Work item = (tile of kChunksPerScoreCta chunks, query head); items are ordered head-fastest so
 // the heads of one GQA group, which probe the same first tokens, run side by side (L2 reuse). A
@@ -27,6 +28,8 @@
 #include <utility>
 
 #include "engine/cuda/device_kv.h"
+#include "engine/cuda/kernels/score_common.cuh"
+#include "engine/cuda/kernels/select_chunks.cuh"
 
 namespace ihip::engine::cuda::kernels {
 
@@ -36,46 +39,10 @@ inline constexpr int kScoreChains = 2;  // chunks one warp searches concurrently
 inline constexpr int kChunksPerScoreCta = kScoreWarps * kScoreChains;
 inline constexpr int kRopeRelative = 0;  // = pruning.h kPruneRopeRelative
 
-constexpr int ElemBytes(ElemType t) {
-  return t == ElemType::kF32 ? 4 : (t == ElemType::kF16 || t == ElemType::kBF16) ? 2 : 1;
-}
-
 // Resident CTAs per SM the score kernel is compiled for: 3 (<= 80 registers, 24 warps with two
 // key rows each in flight) unless a lane's slice of the row needs more registers.
 constexpr int ScoreMinCtasPerSm(ElemType t, int head_dim) {
   return head_dim == 256 || (head_dim == 128 && t == ElemType::kF32) ? 2 : 3;
-}
-
-// Candidate chunks of one stage: an explicit ascending list, or the stage-1 grid
-// left_j = grid_first + grid_step * j for left_j <= p_min - window (engine::Stage1Candidates).
-struct StageCandidates {
-  const int64_t* lefts = nullptr;  // device [capacity]; null = the stage-1 grid
-  const int* count = nullptr;      // device count of `lefts`
-  int capacity = 0;                // counts are clamped to it
-  int grid_first = 0;              // sink tokens
-  int grid_step = 0;               // stage-1 chunk size
-  int window = 0;                  // window tokens
-};
-
-__device__ inline int CandidateCount(const StageCandidates& c, const StepScalars* step) {
-  int64_t n;
-  if (c.lefts != nullptr) {
-    n = *c.count;
-  } else {
-    const int64_t last = step->p_min - c.window;
-    n = last >= c.grid_first ? (last - c.grid_first) / c.grid_step + 1 : 0;
-  }
-  return int(n < 0 ? 0 : (n > c.capacity ? c.capacity : n));
-}
-
-__device__ inline int CandidateLeft(const StageCandidates& c, int i) {
-  return c.lefts != nullptr ? int(c.lefts[i]) : c.grid_first + c.grid_step * i;
-}
-
-// Order-preserving map of a float to uint32 (pruning.h ScoreFromKey is the inverse).
-__device__ inline uint32_t ScoreKey(float s) {
-  const uint32_t b = __float_as_uint(s);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
 struct ScoreParams {
@@ -91,8 +58,32 @@ struct ScoreParams {
   int masking_window = 0;
   const double* inv_freq = nullptr;  // device [D/2]; null = RoPE none
   int rope_style = kRopeRelative;
-  uint32_t* keys = nullptr;  // device [cand.capacity], zeroed before the launch
+  uint32_t* keys = nullptr;  // device [cand.capacity] per query block, zeroed before the launch
+  SelectParams select;       // the stage's select (SelectChunksKernel)
+  // Batched launches (score_common.cuh): elements between query blocks' step scalars, queries
+  // and positions; keys are workspace slices cand.block_bytes apart.
+  int step_stride = 0, q_stride = 0, positions_stride = 0;
 };
+
+__device__ inline const StepScalars* StepOf(const ScoreParams& p) {
+  return AtBlock(p.step, p.step_stride);
+}
+
+__device__ inline const float* QueriesOf(const ScoreParams& p) {
+  return AtBlock(p.q, p.q_stride);
+}
+
+// Scan limit of the query block: min(kv_length, p_min - masking_window + 1), at least 0.
+__device__ inline int ScanLimit(const ScoreParams& p, const StepScalars* step) {
+  const int64_t lim = min(step->kv_length, step->p_min - p.masking_window + 1);
+  return int(lim < 0 ? 0 : lim);
+}
+
+// Records one chunk's best score for a head.
+template <bool kByteOffset = false>
+__device__ inline void PublishScore(const ScoreParams& p, int index, float best) {
+  atomicMax(AtSlice<kByteOffset>(p.keys, p.cand.block_bytes) + index, ScoreKey(best));
+}
 
 // ---- Stages of the kernel ----
 
@@ -169,7 +160,7 @@ __device__ inline void LoadSideQueries(const ScoreParams& p, int h, int n, float
     const int f = x % kHalf;
     const int i = (x / kHalf) % p.num_q;
     const int side = x / (kHalf * p.num_q);
-    const float* src = p.q + (size_t(i) * p.num_q_heads + h) * kHeadDim;
+    const float* src = QueriesOf(p) + (size_t(i) * p.num_q_heads + h) * kHeadDim;
     float* dst = qs + (size_t(side) * p.num_q + i) * kHeadDim;
     const float x1 = src[f], x2 = src[f + kHalf];
     if (p.inv_freq == nullptr) {
@@ -178,8 +169,9 @@ __device__ inline void LoadSideQueries(const ScoreParams& p, int h, int n, float
       continue;
     }
     const int64_t cap = int64_t(n) + p.masking_window;
+      const int64_t* positions = AtBlock(p.positions, p.positions_stride);
     const int64_t pos =
-        relative ? p.masking_window + 1 - side : (p.positions[i] < cap ? p.positions[i] : cap);
+        relative ? p.masking_window + 1 - side : (positions[i] < cap ? positions[i] : cap);
     float c, s;
     RopeAngle(pos, p.inv_freq[f], &c, &s);
     dst[f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
@@ -278,7 +270,7 @@ __device__ inline void SearchChunks(const ScoreParams& p, int first, int n, int 
   Unroll<kScoreChains>([&](auto c) {
     ch[c].index = first + c * kScoreWarps + warp;
     if (ch[c].index >= n) return;
-    ch[c].l = CandidateLeft(p.cand, ch[c].index);
+    ch[c].l = CandidateLeft<true>(p.cand, ch[c].index);
     ch[c].r = min(ch[c].l + p.chunk_size, limit);
     ch[c].active = ch[c].l < ch[c].r;
     if (rot == nullptr || !ch[c].active) return;
@@ -307,7 +299,7 @@ __device__ inline void SearchChunks(const ScoreParams& p, int first, int n, int 
   }
   Unroll<kScoreChains>([&](auto c) {
     if (lane == 0 && ch[c].index < n && ch[c].best > -INFINITY) {
-      atomicMax(p.keys + ch[c].index, ScoreKey(ch[c].best));
+      PublishScore<true>(p, ch[c].index, ch[c].best);
     }
   });
   __syncwarp();  // the angle table is rewritten by the next item
@@ -320,11 +312,11 @@ __global__ void __launch_bounds__(kScoreThreads, ScoreMinCtasPerSm(kType, kHeadD
     ScoreChunksKernel(const ScoreParams p) {
   extern __shared__ float4 score_smem4[];
   float* smem = reinterpret_cast<float*>(score_smem4);
-  const int n = CandidateCount(p.cand, p.step);
+  const StepScalars* step = StepOf(p);
+  const int n = CandidateCount(p.cand, step);
   const int items = (n + kChunksPerScoreCta - 1) / kChunksPerScoreCta * p.num_q_heads;
   if (int(blockIdx.x) >= items) return;
-  const int64_t lim = min(p.step->kv_length, p.step->p_min - p.masking_window + 1);
-  const int limit = int(lim < 0 ? 0 : lim);
+  const int limit = ScanLimit(p, step);
   const bool rope = p.inv_freq != nullptr;
   const bool relative = rope && p.rope_style == kRopeRelative;
   const int side_stride = relative ? p.num_q * kHeadDim : 0;
@@ -340,6 +332,16 @@ __global__ void __launch_bounds__(kScoreThreads, ScoreMinCtasPerSm(kType, kHeadD
     SearchChunks<kType, kHeadDim>(p, tile * kChunksPerScoreCta, n, h, limit, smem, side_stride,
                                   rot);
   }
+}
+
+// The select of a stage, one CTA of kThreads per query block (grid y), after its score kernel
+// (a template so that every translation unit may include it).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) SelectChunksKernel(const ScoreParams p) {
+  extern __shared__ uint4 select_smem[];
+  const int n = CandidateCount(p.cand, StepOf(p));
+  SelectStage(p.select, p.cand, n, AtSlice(p.keys, p.cand.block_bytes),
+              *reinterpret_cast<SelectShared*>(select_smem));
 }
 
 }  // namespace ihip::engine::cuda::kernels

@@ -22,7 +22,8 @@
 //
 // Grid: num_q_heads x ctas_per_head CTAs, head fastest (the heads of a GQA group read the same
 // first probes at the same time: L2 reuse); a CTA keeps its head's query fragments in shared
-// memory and its warps stride over warp tiles of kMmaSlots * 4 chunks.
+// memory and its warps stride over warp tiles of kMmaSlots * 4 chunks. Grid y = query block
+// (batched launches).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -132,7 +133,7 @@ template <int kHeadDim>
 __device__ inline float SideQuery(const ScoreParams& p, int h, int i, int side, int d,
                                   const float* cs, const float* sn) {
   constexpr int kHalf = kHeadDim / 2;
-  const float* q = p.q + (size_t(i) * p.num_q_heads + h) * kHeadDim;
+  const float* q = QueriesOf(p) + (size_t(i) * p.num_q_heads + h) * kHeadDim;
   if (p.inv_freq == nullptr) return q[d];
   const int f = d < kHalf ? d : d - kHalf;
   const float c = cs[side * kHalf + f], s = sn[side * kHalf + f];
@@ -363,13 +364,13 @@ __global__ void __launch_bounds__(kMmaThreads, 3) ScoreChunksMmaKernel(const Sco
   using Lay = MmaLayout<kType, kHeadDim>;
   constexpr int kSlots = Lay::kSlots, kTile = kSlots * kMmaChainsPerSlot;
   extern __shared__ uint4 mma_smem[];
-  const int n = CandidateCount(p.cand, p.step);
+  const StepScalars* step = StepOf(p);
+  const int n = CandidateCount(p.cand, step);
   const int warp_tiles = (n + kTile - 1) / kTile;
   const int ctas_per_head = int(gridDim.x) / p.num_q_heads;
   const int h = int(blockIdx.x) % p.num_q_heads, j = int(blockIdx.x) / p.num_q_heads;
   if (j * kMmaWarps >= warp_tiles) return;
-  const int64_t lim = min(p.step->kv_length, p.step->p_min - p.masking_window + 1);
-  const int limit = int(lim < 0 ? 0 : lim);
+  const int limit = ScanLimit(p, step);
   const int sides = p.inv_freq != nullptr ? 2 : 1;
   const int tiles = MmaTiles(p.num_q);
   uint4* frag = mma_smem;
@@ -391,7 +392,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) ScoreChunksMmaKernel(const Sco
     Unroll<kSlots>([&](auto s) {
       const int index = wt * kTile + s * kMmaChainsPerSlot + (lane >> 3);
       if ((lane & 7) == 0 && index < n && ch[s].best > -INFINITY) {
-        atomicMax(p.keys + index, ScoreKey(ch[s].best));
+        PublishScore(p, index, ch[s].best);
       }
     });
   }

@@ -1,50 +1,61 @@
 #pragma once
 
-// Select kernel of GPU pruning (engine/cuda/pruning.h, DESIGN §3.2): one CTA of 1024 threads
-// keeps the top kept_chunks active candidates of a stage (as cpu::TopChunks: higher score first,
+// Select stage of GPU pruning (engine/cuda/pruning.h, DESIGN §3.2), one CTA per query block
+// (SelectChunksKernel in kernels/score_chunks.cuh, after the stage's score kernel): keeps
+// the top kept_chunks active candidates of the stage (as cpu::TopChunks: higher score first,
 // then lower token index; all active ones when there are fewer), in ascending order, then writes
 // the next stage's candidates (engine::SplitChunks: realign to the stage's grid, dedup, split) or
 // the final 8-token blocks (engine::ChunksToBlocks: ascending, dedup).
 //
-// Top-k without sorting: a radix select over the uint32 score keys (4 passes of 8 bits, a
+// Top-k without sorting: a radix select over the uint32 score keys (up to 4 passes of 8 bits, a
 // 256-bin shared histogram, warp-aggregated atomics) finds the threshold key T and how many keys
 // equal to T are kept (the first ones in index order, i.e. the lowest token indices, since
 // candidate lists are ascending); one block scan then compacts the kept candidates in index
-// order, which is already ascending. The keys are read from device memory once into shared
-// memory (up to kSelectCachedKeys; beyond that every pass reads them from L2): a pass costs a few
-// shared-memory reads per thread and three barriers.
+// order, which is already ascending. The keys are read from L2 once into shared memory (up to
+// SelectParams::cached_keys; beyond that every pass reads them from L2). Works for any CTA size
+// that is a multiple of 32, up to 1024.
 
 #include <climits>
 #include <cstdint>
 
-#include "engine/cuda/kernels/score_chunks.cuh"
+#include "engine/cuda/kernels/score_common.cuh"
 
 namespace ihip::engine::cuda::kernels {
 
 inline constexpr int kSelectThreads = 1024;
-inline constexpr int kSelectCachedKeys = 8192;  // 32 KB of shared memory
+inline constexpr int kSelectCachedKeys = 8192;  // at most 32 KB of shared memory
 
 struct SelectParams {
-  const StepScalars* step = nullptr;
-  StageCandidates cand;
-  const uint32_t* keys = nullptr;  // device [cand.capacity] score keys (0 = inactive)
-  int kept_chunks = 0;             // chunks to keep
-  int chunk_size = 0;              // this stage's chunk size
-  int next_chunk_size = 0;         // the next stage's; 0 after the last stage (blocks)
-  int sink = 0;                    // grid origin for realignment
-  int64_t* kept = nullptr;         // workspace [kept_capacity]: kept lefts, ascending
+  int kept_chunks = 0;      // chunks to keep
+  int chunk_size = 0;       // this stage's chunk size
+  int next_chunk_size = 0;  // the next stage's; 0 after the last stage (blocks)
+  int sink = 0;             // grid origin for realignment
+  int64_t* kept = nullptr;  // workspace [kept_capacity] per query block: kept lefts, ascending
   int kept_capacity = 0;
-  int64_t* out = nullptr;    // device [out_capacity]: next candidates (lefts) or 8-token blocks
-  int* out_count = nullptr;  // device
+  int64_t* out = nullptr;    // device [out_capacity] per query block: next candidates or blocks
+  int* out_count = nullptr;  // device, per query block
   int out_capacity = 0;
+  int cached_keys = 0;       // keys the shared-memory cache holds (SelectSmemBytes)
+  // Batched: kept is a workspace slice (StageCandidates::block_bytes apart); elements between
+  // query blocks' outputs and counts.
+  int out_stride = 0, out_count_stride = 0;
 };
 
+// Shared memory of the select: this header, then the key cache.
 struct SelectShared {
-  uint32_t keys[kSelectCachedKeys];
   int hist[256];
-  unsigned long long warp_sums[kSelectThreads / 32];
+  unsigned long long warp_sums[32];
   int total, digit, above, bin;
 };
+
+constexpr int SelectSmemBytes(int cached_keys) {
+  return int((sizeof(SelectShared) + 15) / 16 * 16) + 4 * cached_keys;
+}
+
+__device__ inline uint32_t* SelectKeyCache(SelectShared& sh) {
+  return reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(&sh) +
+                                     (sizeof(SelectShared) + 15) / 16 * 16);
+}
 
 struct Threshold {
   uint32_t key;  // keys > key are kept
@@ -63,8 +74,9 @@ __device__ inline unsigned long long BlockExclusiveScan(unsigned long long v, Se
   }
   if (lane == 31) sh.warp_sums[warp] = x;
   __syncthreads();
+  const int warps = int(blockDim.x) >> 5;
   if (warp == 0) {
-    unsigned long long s = sh.warp_sums[lane];
+    unsigned long long s = lane < warps ? sh.warp_sums[lane] : 0ull;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const unsigned long long y = __shfl_up_sync(0xffffffffu, s, o);
@@ -74,7 +86,7 @@ __device__ inline unsigned long long BlockExclusiveScan(unsigned long long v, Se
   }
   __syncthreads();
   const unsigned long long before = (warp > 0 ? sh.warp_sums[warp - 1] : 0ull) + x - v;
-  *total = sh.warp_sums[31];
+  *total = sh.warp_sums[warps - 1];
   __syncthreads();  // warp_sums is reused by the next scan
   return before;
 }
@@ -143,8 +155,8 @@ __device__ inline Threshold FindThreshold(const uint32_t* keys, int n, int k, Se
 }
 
 // Writes the kept candidates' lefts, in index order, to p.kept; returns how many.
-__device__ inline int CompactKept(const SelectParams& p, const uint32_t* keys, int n, Threshold th,
-                                  SelectShared& sh) {
+__device__ inline int CompactKept(const SelectParams& p, const StageCandidates& cand,
+                                  const uint32_t* keys, int n, Threshold th, SelectShared& sh) {
   const int per = (n + int(blockDim.x) - 1) / int(blockDim.x);
   const int begin = min(n, int(threadIdx.x) * per), end = min(n, begin + per);
   unsigned above = 0, equal = 0;
@@ -161,7 +173,7 @@ __device__ inline int CompactKept(const SelectParams& p, const uint32_t* keys, i
     const uint32_t key = keys[i];
     const bool keep = key > th.key || (key == th.key && e < th.needed);
     const int pos = a + min(e, th.needed);
-    if (keep && pos < p.kept_capacity) p.kept[pos] = CandidateLeft(p.cand, i);
+    if (keep && pos < p.kept_capacity) p.kept[pos] = CandidateLeft(cand, i);
     a += key > th.key;
     e += key == th.key;
   }
@@ -206,17 +218,20 @@ __device__ inline void ExpandKept(const SelectParams& p, int kept, SelectShared&
     *p.out_count = int(total < unsigned(p.out_capacity) ? total : p.out_capacity);
 }
 
-__global__ void __launch_bounds__(kSelectThreads) SelectChunksKernel(const SelectParams p) {
-  __shared__ SelectShared sh;
-  const int n = CandidateCount(p.cand, p.step);
-  const uint32_t* keys = p.keys;  // shared-memory copy when it fits (generic loads below)
-  if (n <= kSelectCachedKeys) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) sh.keys[i] = __ldg(p.keys + i);
+// The select of one query block by the whole CTA: `keys` (L2, complete) [n] of candidates `cand`.
+__device__ inline void SelectStage(SelectParams p, const StageCandidates& cand, int n,
+                                   const uint32_t* keys, SelectShared& sh) {
+  p.kept = AtSlice(p.kept, cand.block_bytes);
+  p.out = AtBlock(p.out, p.out_stride);
+  p.out_count = AtBlock(p.out_count, p.out_count_stride);
+  if (n <= p.cached_keys) {
+    uint32_t* cache = SelectKeyCache(sh);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) cache[i] = __ldcg(keys + i);
     __syncthreads();
-    keys = sh.keys;
+    keys = cache;
   }
   const Threshold th = FindThreshold(keys, n, p.kept_chunks, sh);
-  const int kept = CompactKept(p, keys, n, th, sh);
+  const int kept = CompactKept(p, cand, keys, n, th, sh);
   __syncthreads();  // p.kept is read across threads below
   ExpandKept(p, kept, sh);
 }

@@ -3,7 +3,8 @@
 // every RoPE style, storage dtype, head dim and GQA group, pooled multi-query blocks; the whole of
 // RunStages (stage inputs and final blocks) vs cpu::RunStages from a few thousand tokens to 1M;
 // re-running from a cached stage input equals a full run; a captured graph replayed with new
-// StepScalars equals eager launches; poisoned outputs are overwritten.
+// StepScalars equals eager launches; a batched run of several query blocks equals per-block runs
+// (bit for bit) and the CPU; poisoned outputs are overwritten.
 //
 // Two kinds of data: small integers (RoPE none), whose fp32 dot products are exact in any
 // summation order, so GPU and CPU agree bit for bit, ties included (they exercise the tie-breaks
@@ -347,6 +348,15 @@ class Harness {
     return m;
   }
 
+  // Fresh queries for a query block starting at p_min (same keys) and its step scalars.
+  ::testing::AssertionResult UseBlock(int64_t p_min, Random& rng) {
+    pooled_ = QuerySet{};
+    full_ = QuerySet{};
+    MakeQueries(case_, rng, case_.num_pooled, p_min, 4, &pooled_);
+    MakeQueries(case_, rng, case_.num_full, p_min, 1, &full_);
+    return SetStep(p_min, case_.length);
+  }
+
   GpuMask RunGpu(int from_stage) {
     Poison(from_stage);
     EXPECT_EQ(LaunchRunStages(plan_, Params(), from_stage, 0), cudaSuccess);
@@ -355,6 +365,8 @@ class Harness {
   }
 
   const Case& test_case() const { return case_; }
+  const QuerySet& pooled() const { return pooled_; }
+  const QuerySet& full() const { return full_; }
   const LayerConfig& cfg() const { return cfg_; }
   const PrunePlan& plan() const { return plan_; }
   int64_t p_min() const { return p_min_; }
@@ -632,6 +644,125 @@ TEST(PruneGraphTest, ReplayWithNewStepScalarsEqualsEagerAndCpu) {
   cudaStreamDestroy(stream);
 }
 
+// ---- Batched runs (prefill) ----
+
+// Host inputs of a batch of query blocks, laid out as a prefill chunk lays them out.
+struct BatchInputs {
+  std::vector<float> pooled_q, full_q;
+  std::vector<int64_t> pooled_pos, full_pos;
+  std::vector<StepScalars> steps;
+
+  void Add(const Harness& h) {
+    pooled_q.insert(pooled_q.end(), h.pooled().q.begin(), h.pooled().q.end());
+    full_q.insert(full_q.end(), h.full().q.begin(), h.full().q.end());
+    pooled_pos.insert(pooled_pos.end(), h.pooled().pos.begin(), h.pooled().pos.end());
+    full_pos.insert(full_pos.end(), h.full().pos.begin(), h.full().pos.end());
+    steps.push_back(StepScalars{h.p_min(), h.kv_length(), h.p_min(), h.p_min()});
+  }
+};
+
+// Runs LaunchRunStagesBatched over `in` (poisoned outputs and workspace first); returns each
+// block's final 8-token blocks.
+std::vector<std::vector<int64_t>> RunBatched(const Harness& h, const BatchInputs& in) {
+  const PrunePlan& plan = h.plan();
+  const Case& c = h.test_case();
+  const int n = int(in.steps.size());
+  const int stride = plan.block_capacity + 3;
+  DeviceArray<float> pq(in.pooled_q.size()), fq(in.full_q.size());
+  DeviceArray<int64_t> pp(in.pooled_pos.size()), fp(in.full_pos.size());
+  DeviceArray<StepScalars> steps(in.steps.size());
+  DeviceArray<int64_t> blocks(size_t(n) * stride);
+  DeviceArray<int> counts{size_t(n)};
+  DeviceArray<uint8_t> ws(PruneBatchWorkspaceBytes(plan, n));
+  EXPECT_EQ(pq.Upload(in.pooled_q), cudaSuccess);
+  EXPECT_EQ(fq.Upload(in.full_q), cudaSuccess);
+  EXPECT_EQ(pp.Upload(in.pooled_pos), cudaSuccess);
+  EXPECT_EQ(fp.Upload(in.full_pos), cudaSuccess);
+  EXPECT_EQ(steps.Upload(in.steps), cudaSuccess);
+  cudaMemset(blocks.get(), 0x5a, size_t(n) * stride * sizeof(int64_t));
+  cudaMemset(counts.get(), 0xff, size_t(n) * sizeof(int));
+  cudaMemset(ws.get(), 0x77, PruneBatchWorkspaceBytes(plan, n));
+  PruneBatchParams bp;
+  bp.kv = h.Params().kv;
+  bp.step = steps.get();
+  bp.pooled_q = pq.get();
+  bp.pooled_q_stride = int64_t(c.num_pooled) * c.hq * c.d;
+  bp.pooled_positions = pp.get();
+  bp.pooled_positions_stride = c.num_pooled;
+  bp.full_q = fq.get();
+  bp.full_q_stride = int64_t(c.num_full) * c.hq * c.d;
+  bp.full_positions = fp.get();
+  bp.full_positions_stride = c.num_full;
+  bp.rope = h.Params().rope;
+  bp.blocks = blocks.get();
+  bp.blocks_stride = stride;
+  bp.block_counts = counts.get();
+  bp.num_query_blocks = n;
+  bp.workspace = ws.get();
+  EXPECT_EQ(LaunchRunStagesBatched(plan, bp, 0), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<int> got_counts = counts.Download(size_t(n));
+  const std::vector<int64_t> all = blocks.Download(size_t(n) * stride);
+  std::vector<std::vector<int64_t>> out;
+  for (int b = 0; b < n; ++b) {
+    EXPECT_GE(got_counts[b], 0) << "block " << b;
+    EXPECT_LE(got_counts[b], plan.block_capacity) << "block " << b;
+    const int k = std::clamp(got_counts[b], 0, plan.block_capacity);
+    out.emplace_back(all.begin() + size_t(b) * stride, all.begin() + size_t(b) * stride + k);
+  }
+  return out;
+}
+
+class PruneBatchTest : public ::testing::TestWithParam<Case> {};
+
+// Query blocks spread over the context (different candidate counts), the last one ending at the
+// last key: the batched run selects, bit for bit, what a run per block selects, and (integer
+// data, exact) what the CPU selects.
+TEST_P(PruneBatchTest, BatchedRunEqualsPerBlockRunsAndCpu) {
+  IHIP_REQUIRE_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const Case& c = GetParam();
+  Harness h(c, seed);
+  ASSERT_TRUE(h.Init());
+  Random rng(seed + 7);
+  constexpr int kBlocks = 5;
+  const int n = int(h.cfg().stages.size());
+  BatchInputs in;
+  std::vector<std::vector<int64_t>> per_block;
+  for (int b = 0; b < kBlocks; ++b) {
+    const int64_t p_min = c.length - c.num_full - int64_t(kBlocks - 1 - b) * 4099;
+    ASSERT_TRUE(h.UseBlock(p_min, rng));
+    const GpuMask gpu = h.RunGpu(0);
+    if (c.integer) ExpectSameMask(gpu, h.CpuRun(), n, 0, "block " + std::to_string(b));
+    EXPECT_FALSE(gpu.blocks.empty()) << "block " << b;
+    per_block.push_back(gpu.blocks);
+    in.Add(h);
+  }
+  const std::vector<std::vector<int64_t>> batched = RunBatched(h, in);
+  ASSERT_EQ(batched.size(), per_block.size());
+  for (int b = 0; b < kBlocks; ++b) EXPECT_EQ(batched[b], per_block[b]) << "block " << b;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, PruneBatchTest,
+    ::testing::Values(
+        // Tensor-core scoring, prefill shape.
+        Ctx(Prefill(MakeCase("none_bf16_d128_g4", Style::kNone, DType::kBF16, 128, 8, 2, true), 16,
+                    64),
+            60000),
+        // CUDA-core scoring (f32 keys), decode shape.
+        Ctx(MakeCase("none_f32_d64_g2", Style::kNone, DType::kF32, 64, 4, 2, true), 30000),
+        // Per-block positions (chunk-indexed RoPE) and rotated queries: GPU vs GPU only.
+        Ctx(Prefill(MakeCase("chunk_f16_d64_g4", Style::kChunkIndexed, DType::kF16, 64, 4, 1,
+                             false),
+                    16, 64),
+            40000, Preset::kDense),
+        Ctx(Prefill(MakeCase("rel_e4m3_d64_g4", Style::kRelative, DType::kF8E4M3, 64, 8, 2, false),
+                    5, 19),
+            50000)),
+    [](const auto& info) { return info.param.name; });
+
 // ---- Plan validation ----
 
 TEST(PrunePlanTest, RejectsUnsupportedShapesAndSizesCapacities) {
@@ -654,6 +785,9 @@ TEST(PrunePlanTest, RejectsUnsupportedShapesAndSizesCapacities) {
   EXPECT_EQ(plan.block_capacity, 256);
   EXPECT_GT(plan.workspace_bytes, 0u);
   for (int s = 0; s < 3; ++s) EXPECT_GT(plan.score_grid[s], 0);
+  EXPECT_GE(plan.batch_block_bytes, plan.workspace_bytes);
+  EXPECT_EQ(plan.batch_block_bytes % 256, 0u);
+  EXPECT_EQ(PruneBatchWorkspaceBytes(plan, 3), 3 * plan.batch_block_bytes);
 }
 
 }  // namespace
