@@ -53,6 +53,8 @@ ABSL_FLAG(int, recall_seeds, 4, "trials per margin of the recall curve");
 ABSL_FLAG(std::string, prefill_contexts, "131072,1048576", "contexts of the prefill benchmark");
 ABSL_FLAG(int, prefill_chunk, 32768, "prefill chunk (tokens) at the end of the context");
 ABSL_FLAG(int, prefill_reps, 3, "timed prefill runs");
+ABSL_FLAG(int, sparse_splits, 0,
+          "override the sparse attention's split count (0 = the plan's; experiments)");
 ABSL_FLAG(std::string, json, "", "write the results as JSON here");
 ABSL_FLAG(std::string, markdown, "", "also write the report here");
 ABSL_FLAG(std::string, git_commit, "", "commit to record (default: ask git)");
@@ -213,6 +215,9 @@ struct DecodeItem {
     ap.out_lse = lse;
     ap.workspace = ap.dense ? dense_ws : sparse_ws;
     ap.num_splits = ap.dense ? dense_plan.num_splits : sparse_plan.num_splits;
+    if (!ap.dense && absl::GetFlag(FLAGS_sparse_splits) > 0) {
+      ap.num_splits = std::min(absl::GetFlag(FLAGS_sparse_splits), sparse_plan.num_splits);
+    }
     CHECK_CUDA(cu::LaunchDecodeAttention(ap, s));
   }
 

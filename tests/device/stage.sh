@@ -2,10 +2,10 @@
 # Builds what the GPU machine runs and stages it into .device/ (binaries + their non-CUDA shared
 # libraries, stripped; see ../shared/tools/stage-for-device), with the list of `gpu`-labelled
 # tests. Then call the device tool with carry [".device"] and run tests/device/run.sh there.
-#   tests/device/stage.sh [gpu] [service]   (default: gpu)
-# gpu: the gpu-labelled tests and cuda_decode_bench; service: ihip-server, ihip-kvstore, ihip and
-# kvstore_bench (with gRPC and RocksDB, ~35 MiB of libraries). Both together may pass the 64 MiB a
-# device call carries.
+#   tests/device/stage.sh [gpu] [bench] [service]   (default: gpu)
+# gpu: the gpu-labelled tests and cuda_decode_bench; bench: cuda_decode_bench alone; service:
+# ihip-server, ihip-kvstore, ihip, kvstore_bench and grpc_floor_bench (with gRPC and RocksDB,
+# ~35 MiB of libraries). gpu + service pass the 64 MiB a device call carries; bench + service fit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${IHIP_BUILD_DIR:-build}
@@ -20,6 +20,8 @@ bins=()
 wanted=()
 if [[ $sets == *" gpu "* ]]; then
   bins+=("${gpu_tests[@]}")
+fi
+if [[ $sets == *" gpu "* || $sets == *" bench "* ]]; then
   wanted+=(tests/bench/cuda_decode_bench)
 fi
 if [[ $sets == *" service "* ]]; then
