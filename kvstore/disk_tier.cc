@@ -118,13 +118,17 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
                        : std::clamp(int(std::thread::hardware_concurrency()), 2, 16);
   r.max_background_jobs = jobs;
   // RocksDB gives flushes a quarter of the jobs by default; a spill is nothing but flushes (the
-  // values go to blob files, compactions move only keys), and each flush job runs on one thread
-  // (Debian's RocksDB computes blob CRC32c in software), so give them half.
-  r.max_background_flushes = std::max(1, jobs / 2);
-  r.write_buffer_size = o.write_buffer_bytes;
-  // Spills arrive in bursts of many MiB: let writes continue into further memtables while one
-  // flushes (the default 2 stalls a burst behind every flush).
-  r.max_write_buffer_number = 4;
+  // values go to blob files, compactions move only keys), and each flush runs on one thread,
+  // computing the blob CRC32c (in software in Debian's RocksDB) and writing with O_DIRECT, one
+  // request at a time: several flushes in flight overlap CPU and disk. At least 2, even on 2
+  // cores (a flush waiting for the disk leaves its core idle).
+  const int flushes = std::max(2, jobs / 2);
+  r.max_background_flushes = flushes;
+  // A flush needs an immutable memtable: spills arrive in bursts of many MiB, so let writes
+  // continue into further memtables while `flushes` of them are written.
+  r.max_write_buffer_number = flushes + 2;
+  // Larger writes per request (the default 1 MiB buffer makes the blob writes small).
+  r.writable_file_max_buffer_size = 8 << 20;
   r.keep_log_file_num = 10;  // RocksDB's own LOG files
   // Page values are fp data: compression costs CPU for nothing.
   r.compression = rocksdb::kNoCompression;
