@@ -126,6 +126,7 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
   r.max_background_flushes = flushes;
   // A flush needs an immutable memtable: spills arrive in bursts of many MiB, so let writes
   // continue into further memtables while `flushes` of them are written.
+  r.write_buffer_size = o.write_buffer_bytes;
   r.max_write_buffer_number = flushes + 2;
   // Larger writes per request (the default 1 MiB buffer makes the blob writes small).
   r.writable_file_max_buffer_size = 8 << 20;

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -105,6 +107,10 @@ TEST_F(DiskTierTest, PagesRoundTripByteExact) {
   std::mt19937 rng(1);
   std::shuffle(keys.begin(), keys.end(), rng);
   for (const PageKey& k : keys) EXPECT_TRUE(HasPage(k, kPageBytes)) << k.sequence;
+  // Memtables are flushed in the background: wait (bounded) for the first blob file.
+  for (int i = 0; i < 200 && tier_->Statistics()["rocksdb.num-blob-files"] == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_GT(tier_->Statistics()["rocksdb.num-blob-files"], 0u);  // memtables were flushed
 }
 
