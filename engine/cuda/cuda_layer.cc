@@ -80,6 +80,21 @@ DeviceKv CudaLayer::Kv() const {
 
 DeviceRope CudaLayer::Rope() const { return DeviceRope{inv_freq_.as<const double>()}; }
 
+DecodeAttentionParams CudaLayer::AttentionParams(bool dense, void* workspace, int splits) const {
+  DecodeAttentionParams ap;
+  ap.kv = Kv();
+  ap.step = d_step_.as<const StepScalars>();
+  ap.q = d_q_.as<const float>();
+  ap.num_q_heads = model_.num_q_heads;
+  ap.dense = dense;
+  ap.rope = Rope();
+  ap.out = d_o_.get();
+  ap.out_dtype = ElemType::kF32;
+  ap.workspace = workspace;
+  ap.num_splits = splits;
+  return ap;
+}
+
 absl::Status CudaLayer::Upload(std::byte* const* host_pages, int64_t begin, int64_t end) {
   if (end <= begin) return absl::OkStatus();
   const int64_t P = geometry_.page_tokens;
@@ -219,21 +234,12 @@ absl::Status CudaLayer::RecordDecode(int from, cudaStream_t s) {
     pp.workspace = prune_ws_.get();
     IHIP_CUDA_RETURN_IF_ERROR(LaunchRunStages(*decode_plan_, pp, from - 1, s));
   }
-  DecodeAttentionParams ap;
-  ap.kv = Kv();
-  ap.step = d_step_.as<const StepScalars>();
-  ap.q = d_q_.as<const float>();
-  ap.num_q_heads = model_.num_q_heads;
-  ap.dense = false;
+  DecodeAttentionParams ap = AttentionParams(/*dense=*/false, attn_ws_.get(),
+                                             attn_plan_.num_splits);
   ap.blocks = mask_.blocks;
   ap.num_blocks = mask_.num_blocks;
   ap.sink_tokens = decode_plan_->cfg.sink_tokens;
   ap.window_tokens = decode_plan_->cfg.window_tokens;
-  ap.rope = Rope();
-  ap.out = d_o_.get();
-  ap.out_dtype = ElemType::kF32;
-  ap.workspace = attn_ws_.get();
-  ap.num_splits = attn_plan_.num_splits;
   IHIP_CUDA_RETURN_IF_ERROR(LaunchDecodeAttention(ap, s));
   IHIP_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(h_o_.get(), d_o_.get(), qo_bytes, cudaMemcpyDeviceToHost, s));
@@ -321,17 +327,8 @@ absl::Status CudaLayer::DenseDecode(const LayerStep& step, cudaStream_t s, Atten
                                             cudaMemcpyHostToDevice, s));
   IHIP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_step_.get(), h_step_.get(), sizeof(StepScalars),
                                             cudaMemcpyHostToDevice, s));
-  DecodeAttentionParams ap;
-  ap.kv = Kv();
-  ap.step = d_step_.as<const StepScalars>();
-  ap.q = d_q_.as<const float>();
-  ap.num_q_heads = model_.num_q_heads;
-  ap.dense = true;
-  ap.rope = Rope();
-  ap.out = d_o_.get();
-  ap.out_dtype = ElemType::kF32;
-  ap.workspace = dense_ws_.get();
-  ap.num_splits = plan.num_splits;
+  const DecodeAttentionParams ap =
+      AttentionParams(/*dense=*/true, dense_ws_.get(), plan.num_splits);
   IHIP_CUDA_RETURN_IF_ERROR(LaunchDecodeAttention(ap, s));
   IHIP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_o_.get(), d_o_.get(), q_floats * sizeof(float),
                                             cudaMemcpyDeviceToHost, s));

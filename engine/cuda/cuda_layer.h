@@ -83,6 +83,8 @@ class CudaLayer final : public LayerBackendState {
  private:
   DeviceKv Kv() const;
   DeviceRope Rope() const;
+  // The decode attention's parameters over this layer's step buffers (q in, fp32 o out).
+  DecodeAttentionParams AttentionParams(bool dense, void* workspace, int splits) const;
   absl::StatusOr<const PrunePlan*> PlanFor(const LayerConfig& cfg, int num_pooled, int num_full,
                                            int64_t kv_length);
   absl::Status EnsureMask(const PrunePlan& plan);

@@ -7,40 +7,36 @@
 
 namespace ihip::engine::cuda {
 
-DeviceBuffer::~DeviceBuffer() {
-  if (ptr_ != nullptr) cudaFree(ptr_);
-}
-
-absl::Status DeviceBuffer::Reserve(size_t bytes) {
-  if (bytes <= bytes_) return absl::OkStatus();
-  if (ptr_ != nullptr) cudaFree(ptr_);
+template <bool kPinned>
+void CudaBuffer<kPinned>::Free() {
+  if (ptr_ != nullptr) kPinned ? cudaFreeHost(ptr_) : cudaFree(ptr_);
   ptr_ = nullptr;
   bytes_ = 0;
-  const cudaError_t err = cudaMalloc(&ptr_, bytes);
+}
+
+template <bool kPinned>
+CudaBuffer<kPinned>::~CudaBuffer() {
+  Free();
+}
+
+template <bool kPinned>
+absl::Status CudaBuffer<kPinned>::Reserve(size_t bytes) {
+  if (bytes <= bytes_) return absl::OkStatus();
+  Free();
+  const cudaError_t err = kPinned ? cudaMallocHost(&ptr_, bytes) : cudaMalloc(&ptr_, bytes);
   if (err == cudaErrorMemoryAllocation) {
     cudaGetLastError();
     ptr_ = nullptr;
-    return absl::ResourceExhaustedError(
-        absl::StrCat("GPU memory exhausted allocating ", bytes, " bytes of scratch"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        kPinned ? "pinned host" : "GPU", " memory exhausted allocating ", bytes, " bytes"));
   }
   IHIP_CUDA_RETURN_IF_ERROR(err);
   bytes_ = bytes;
   return absl::OkStatus();
 }
 
-PinnedBuffer::~PinnedBuffer() {
-  if (ptr_ != nullptr) cudaFreeHost(ptr_);
-}
-
-absl::Status PinnedBuffer::Reserve(size_t bytes) {
-  if (bytes <= bytes_) return absl::OkStatus();
-  if (ptr_ != nullptr) cudaFreeHost(ptr_);
-  ptr_ = nullptr;
-  bytes_ = 0;
-  IHIP_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, bytes));
-  bytes_ = bytes;
-  return absl::OkStatus();
-}
+template class CudaBuffer<false>;
+template class CudaBuffer<true>;
 
 DevicePagePool::DevicePagePool(size_t page_bytes, int slab_pages,
                                std::atomic<int64_t>* budget_bytes)

@@ -15,14 +15,16 @@
 
 namespace ihip::engine::cuda {
 
-// A device allocation that only grows (Reserve keeps the old contents only when asked).
-class DeviceBuffer {
+// A device (kPinned false) or page-locked host (kPinned true: asynchronous copies and copies
+// captured in graphs) allocation that only grows; contents are undefined after a reallocation.
+template <bool kPinned>
+class CudaBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer();
-  // Makes the buffer hold at least `bytes` (contents undefined after a reallocation).
+  CudaBuffer() = default;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+  ~CudaBuffer();
+  // Makes the buffer hold at least `bytes`; RESOURCE_EXHAUSTED when the memory is short.
   absl::Status Reserve(size_t bytes);
   void* get() const { return ptr_; }
   template <class T>
@@ -30,27 +32,12 @@ class DeviceBuffer {
   size_t bytes() const { return bytes_; }
 
  private:
+  void Free();
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
-
-// Page-locked host memory (for asynchronous copies and copies captured in graphs).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer();
-  absl::Status Reserve(size_t bytes);
-  void* get() const { return ptr_; }
-  template <class T>
-  T* as() const { return static_cast<T*>(ptr_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceBuffer = CudaBuffer<false>;
+using PinnedBuffer = CudaBuffer<true>;
 
 // GPU pages of one size, carved from slabs of `slab_pages` pages; freed pages are reused. Every
 // pool of an engine draws on one byte budget. Thread-safe.
