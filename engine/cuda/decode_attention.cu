@@ -1,10 +1,11 @@
 // Launchers of the split-K decode attention: argument checks, the workspace layout, the plan, and
 // the one runtime -> compile-time dispatch. 16-bit and fp8 storage run the tensor-core kernel
-// (kernels/decode_attention_mma.cuh: storage dtype x head dim = 12 instantiations, the block's
-// heads a runtime value padded to the MMA's 8); fp32 storage runs the CUDA-core kernel
-// (kernels/decode_attention.cuh: head dim x heads per block = 12). The output dtype and RoPE are
-// runtime switches (RoPE launches of the tensor-core kernel add a tile of shared memory for the
-// low pieces of the rotated keys).
+// (kernels/decode_attention_mma.cuh: storage dtype x head dim x RoPE x fp32-or-16-bit output =
+// 48 instantiations, each carrying only its own path (small code: a sparse block runs its
+// kernel about once, from a cold instruction cache); the block's heads a runtime value padded
+// to the MMA's 8; RoPE launches add a tile of shared memory for the low pieces of the rotated
+// keys); fp32 storage runs the CUDA-core kernel (kernels/decode_attention.cuh: head dim x heads
+// per block = 12; the output dtype and RoPE runtime switches there).
 //
 // The plan: a split is at most kStages tiles (all its copies in flight at once), so a sparse
 // step of ~3.3K keys runs in splits of <= 128 keys per kv head and each block pays a few memory
@@ -58,11 +59,20 @@ KernelInfo Info() {
           int(sizeof(da::SharedStorage<Cfg>)), 0, Cfg::kTile};
 }
 
+// The tensor-core instantiation of (RoPE, fp32 output); the plan asks for (false, false): the
+// variants share the shared memory (RoPE adds rope_smem_bytes) and the register cap.
 template <ElemType kStore, int kHeadDim>
-KernelInfo MmaInfo() {
+KernelInfo MmaInfo(bool rope, bool precise) {
   using Cfg = da::MmaConfig<kStore, kHeadDim>;
-  return {&da::DecodeAttentionMmaKernel<kStore, kHeadDim>, int(sizeof(da::SharedStorage<Cfg>)),
-          Cfg::kLoBytes, Cfg::kTile};
+  KernelFn fn = nullptr;
+  if (rope) {
+    fn = precise ? &da::DecodeAttentionMmaKernel<kStore, kHeadDim, true, true>
+                 : &da::DecodeAttentionMmaKernel<kStore, kHeadDim, true, false>;
+  } else {
+    fn = precise ? &da::DecodeAttentionMmaKernel<kStore, kHeadDim, false, true>
+                 : &da::DecodeAttentionMmaKernel<kStore, kHeadDim, false, false>;
+  }
+  return {fn, int(sizeof(da::SharedStorage<Cfg>)), Cfg::kLoBytes, Cfg::kTile};
 }
 
 template <ElemType kStore, int kHeadDim>
@@ -82,7 +92,7 @@ KernelInfo SelectHeads(int heads) {
 }
 
 template <ElemType kStore>
-KernelInfo SelectDim(int head_dim, int heads) {
+KernelInfo SelectDim(int head_dim, int heads, bool rope, bool precise) {
   if constexpr (kStore == ElemType::kF32) {
     switch (head_dim) {
       case 64:
@@ -97,30 +107,31 @@ KernelInfo SelectDim(int head_dim, int heads) {
   } else {
     switch (head_dim) {
       case 64:
-        return MmaInfo<kStore, 64>();
+        return MmaInfo<kStore, 64>(rope, precise);
       case 128:
-        return MmaInfo<kStore, 128>();
+        return MmaInfo<kStore, 128>(rope, precise);
       case 256:
-        return MmaInfo<kStore, 256>();
+        return MmaInfo<kStore, 256>(rope, precise);
       default:
         return {};
     }
   }
 }
 
-// The dispatch: fn null for an unsupported combination.
-KernelInfo SelectKernel(ElemType store, int head_dim, int heads) {
+// The dispatch: fn null for an unsupported combination. `rope` and `precise` (fp32 output) pick
+// the tensor-core variant (the CUDA-core kernel switches at run time).
+KernelInfo SelectKernel(ElemType store, int head_dim, int heads, bool rope, bool precise) {
   switch (store) {
     case ElemType::kF32:
-      return SelectDim<ElemType::kF32>(head_dim, heads);
+      return SelectDim<ElemType::kF32>(head_dim, heads, rope, precise);
     case ElemType::kF16:
-      return SelectDim<ElemType::kF16>(head_dim, heads);
+      return SelectDim<ElemType::kF16>(head_dim, heads, rope, precise);
     case ElemType::kBF16:
-      return SelectDim<ElemType::kBF16>(head_dim, heads);
+      return SelectDim<ElemType::kBF16>(head_dim, heads, rope, precise);
     case ElemType::kF8E4M3:
-      return SelectDim<ElemType::kF8E4M3>(head_dim, heads);
+      return SelectDim<ElemType::kF8E4M3>(head_dim, heads, rope, precise);
     case ElemType::kF8E5M2:
-      return SelectDim<ElemType::kF8E5M2>(head_dim, heads);
+      return SelectDim<ElemType::kF8E5M2>(head_dim, heads, rope, precise);
   }
   return {};
 }
@@ -215,7 +226,7 @@ cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, Ele
     return cudaErrorInvalidValue;
   }
   const int heads = HeadsPerBlock(num_q_heads / kv_heads);
-  const KernelInfo k = SelectKernel(kv_dtype, head_dim, heads);
+  const KernelInfo k = SelectKernel(kv_dtype, head_dim, heads, false, false);
   cudaError_t err = AllowSmem(k);
   if (err != cudaSuccess) return err;
   int per_sm = 0;
@@ -245,7 +256,8 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& params, cudaStrea
   cudaError_t err = BuildKernelParams(params, &kp);
   if (err != cudaSuccess) return err;
   const int heads = HeadsPerBlock(kp.group);
-  const KernelInfo k = SelectKernel(params.kv.dtype, params.kv.head_dim, heads);
+  const KernelInfo k = SelectKernel(params.kv.dtype, params.kv.head_dim, heads,
+                                    kp.inv_freq != nullptr, kp.out_dtype == ElemType::kF32);
   err = AllowSmem(k);
   if (err != cudaSuccess) return err;
   const dim3 grid(unsigned(kp.num_splits), unsigned(params.num_q_heads / heads));

@@ -54,7 +54,7 @@ __device__ __forceinline__ void ResolveRows(const KernelParams& p, const KeySpac
   for (int j = 0; j < Cfg::kKeysPerThread; ++j) {
     rows.src[j] = nullptr;
     if (tok[j] < 0) continue;
-    const int64_t page = p.page_shift >= 0 ? tok[j] >> p.page_shift : tok[j] / p.page_tokens;
+    const int64_t page = p.page_shift >= 0 ? tok[j] >> p.page_shift : Div(tok[j], p.page_tokens);
     const int64_t in_page = tok[j] - page * p.page_tokens;
     const auto* base = reinterpret_cast<const uint8_t*>(
         __ldg(reinterpret_cast<const unsigned long long*>(p.pages) + page));
@@ -319,6 +319,7 @@ __global__ void __launch_bounds__(kThreads, (Config<kStore, kHeadDim, kHeads>::k
   HeadState<Cfg> st;
   LoadQuery<Cfg>(p, ks.p, head0, slot, rope, freq, st);
 
+#pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
     const int stage = t % kStages;
     WaitAsync<2 * kStages - 1>();  // this thread's K copies of tile t
@@ -337,13 +338,7 @@ __global__ void __launch_bounds__(kThreads, (Config<kStore, kHeadDim, kHeads>::k
 
   StoreWarpState<Cfg>(st, slot, sm);
   __syncthreads();
-  if (p.num_splits == 1) {
-    WriteOutput<Cfg>(p, head0, kHeads, sm);
-    return;
-  }
-  WritePartial<Cfg>(p, head0, kHeads, sm);
-  if (!ArriveLast<Cfg>(p, blockIdx.y, sm)) return;
-  MergeSplits<Cfg>(p, head0, kHeads, sm);
+  FinishBlock<Cfg>(p, head0, kHeads, sm);
 }
 
 }  // namespace ihip::engine::cuda::decode_attention

@@ -127,6 +127,17 @@ struct SharedStorage {
   static constexpr int kRingBytes = int(sizeof(ring));
 };
 
+// ---- Integer division ----
+
+// a / b for a >= 0, b > 0: 32-bit division when both fit (always, in practice); the 64-bit one
+// (a long instruction sequence) out of line, one copy per kernel instead of one per use.
+__device__ __noinline__ int64_t DivSlow(int64_t a, int64_t b) { return a / b; }
+
+__device__ __forceinline__ int64_t Div(int64_t a, int64_t b) {
+  if (((a | b) >> 32) == 0) return int64_t(uint32_t(a) / uint32_t(b));
+  return DivSlow(a, b);
+}
+
 // ---- Asynchronous copies ----
 
 // 16-byte global -> shared copy; `bytes` 0 zero-fills the destination and reads nothing.
@@ -309,7 +320,7 @@ __device__ __forceinline__ KeySpace LoadKeySpace(const KernelParams& p) {
 // Entries [begin, end) of the key list for split `s`: equal shares, multiples of 8.
 __device__ __forceinline__ void SplitRange(int64_t total, int s, int splits, int64_t* begin,
                                            int64_t* end) {
-  const int64_t share = ((total + splits - 1) / splits + 7) / 8 * 8;
+  const int64_t share = (Div(total + splits - 1, splits) + 7) / 8 * 8;
   *begin = min(total, s * share);
   *end = min(total, *begin + share);
 }

@@ -52,17 +52,25 @@ __device__ __forceinline__ float SumWarps(const SharedStorage<Cfg>& sm, int h, i
   return a;
 }
 
-__device__ __forceinline__ void StoreOut(const KernelParams& p, int64_t i, float x) {
+// Four consecutive outputs from element i (a multiple of 4).
+__device__ __forceinline__ void StoreOut4(const KernelParams& p, int64_t i, float4 x) {
   switch (p.out_dtype) {
     case ElemType::kF32:
-      static_cast<float*>(p.out)[i] = x;
+      *reinterpret_cast<float4*>(static_cast<float*>(p.out) + i) = x;
       break;
-    case ElemType::kF16:
-      static_cast<__half*>(p.out)[i] = __float2half_rn(x);
+    case ElemType::kF16: {
+      const __half2 a = __floats2half2_rn(x.x, x.y), b = __floats2half2_rn(x.z, x.w);
+      *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + i) = a;
+      *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + i + 2) = b;
       break;
-    default:
-      static_cast<__nv_bfloat16*>(p.out)[i] = __float2bfloat16_rn(x);
+    }
+    default: {
+      const __nv_bfloat162 a = __floats2bfloat162_rn(x.x, x.y);
+      const __nv_bfloat162 b = __floats2bfloat162_rn(x.z, x.w);
+      *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + i) = a;
+      *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + i + 2) = b;
       break;
+    }
   }
 }
 
@@ -74,11 +82,23 @@ __device__ __forceinline__ float NaturalLse(float m, float l) {
 template <class Cfg>
 __device__ __forceinline__ void WriteOutput(const KernelParams& p, int head0, int heads,
                                             const SharedStorage<Cfg>& sm) {
-  for (int i = threadIdx.x; i < heads * Cfg::kDim; i += kThreads) {
-    const int h = i / Cfg::kDim, d = i % Cfg::kDim;
+  static_assert(Cfg::kDim % 4 == 0);
+#pragma unroll 1
+  for (int i = threadIdx.x; i < heads * Cfg::kDim / 4; i += kThreads) {
+    const int h = i / (Cfg::kDim / 4), d = 4 * (i % (Cfg::kDim / 4));
     const float l = sm.run_l[h];
-    StoreOut(p, int64_t(head0 + h) * Cfg::kDim + d, l > 0.0f ? SumWarps(sm, h, d) / l : 0.0f);
-    if (d == 0 && p.out_lse != nullptr) p.out_lse[head0 + h] = NaturalLse(sm.run_m[h], l);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float4 x = *reinterpret_cast<const float4*>(&sm.cta_acc[w][h][d]);
+      a.x += x.x, a.y += x.y, a.z += x.z, a.w += x.w;
+    }
+    StoreOut4(p, int64_t(head0 + h) * Cfg::kDim + d,
+              make_float4(a.x * inv, a.y * inv, a.z * inv, a.w * inv));
+  }
+  if (p.out_lse != nullptr && threadIdx.x < heads) {
+    p.out_lse[head0 + threadIdx.x] = NaturalLse(sm.run_m[threadIdx.x], sm.run_l[threadIdx.x]);
   }
 }
 
@@ -86,6 +106,7 @@ template <class Cfg>
 __device__ __forceinline__ void WritePartial(const KernelParams& p, int head0, int heads,
                                              const SharedStorage<Cfg>& sm) {
   const int64_t row0 = int64_t(blockIdx.x) * p.num_q_heads + head0;
+#pragma unroll 1
   for (int i = threadIdx.x; i < heads * Cfg::kDim; i += kThreads) {
     const int h = i / Cfg::kDim, d = i % Cfg::kDim;
     __stcg(p.partial_acc + (row0 + h) * Cfg::kDim + d, SumWarps(sm, h, d));
@@ -115,14 +136,17 @@ template <class Cfg>
 __device__ __forceinline__ void MergeSplitScales(const KernelParams& p, int head0, int heads,
                                                  SharedStorage<Cfg>& sm) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, splits = p.num_splits;
+#pragma unroll 1
   for (int h = warp; h < heads; h += kWarps) {
     const float2* ml = p.partial_ml + head0 + h;
     float m = -INFINITY;
+#pragma unroll 1
     for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(ml + int64_t(s) * p.num_q_heads).x);
 #pragma unroll
     for (int off = 16; off >= 1; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     const float m_safe = m == -INFINITY ? 0.0f : m;
     float l = 0.0f;
+#pragma unroll 1
     for (int s = lane; s < splits; s += 32) {
       const float2 x = __ldcg(ml + int64_t(s) * p.num_q_heads);
       const float c = exp2f(x.x - m_safe);
@@ -156,8 +180,10 @@ __device__ __forceinline__ void MergeSplits(const KernelParams& p, int head0, in
   float4 a[kPerThread];
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) a[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 1
   for (int s0 = 0; s0 < splits; s0 += kRound) {
     const int n = min(kRound, splits - s0);
+#pragma unroll 1
     for (int s = 0; s < n; ++s) {
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
@@ -176,6 +202,7 @@ __device__ __forceinline__ void MergeSplits(const KernelParams& p, int head0, in
       const int i = threadIdx.x + j * kThreads;
       if (i >= quads) continue;
       const float* scale = sm.merge_scale[i / (Cfg::kDim / 4)] + s0;
+#pragma unroll 2
       for (int s = 0; s < n; ++s) {
         const float4 x = buf[s * kQuads + i];
         const float c = scale[s];
@@ -193,15 +220,27 @@ __device__ __forceinline__ void MergeSplits(const KernelParams& p, int head0, in
     const int h = i / (Cfg::kDim / 4);
     const float l = sm.run_l[h];
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const int64_t o = int64_t(head0) * Cfg::kDim + 4 * int64_t(i);
-    StoreOut(p, o, a[j].x * inv);
-    StoreOut(p, o + 1, a[j].y * inv);
-    StoreOut(p, o + 2, a[j].z * inv);
-    StoreOut(p, o + 3, a[j].w * inv);
+    StoreOut4(p, int64_t(head0) * Cfg::kDim + 4 * int64_t(i),
+              make_float4(a[j].x * inv, a[j].y * inv, a[j].z * inv, a[j].w * inv));
   }
   if (p.out_lse != nullptr && threadIdx.x < heads) {
     p.out_lse[head0 + threadIdx.x] = NaturalLse(sm.run_m[threadIdx.x], sm.run_l[threadIdx.x]);
   }
+}
+
+// The block's state (in smem: run_m, run_l, cta_acc) -> o (one split), or its partial; the last
+// block of the head group merges. One call site per kernel: inlined (out of line it measured
+// larger, the call's register shuffling included).
+template <class Cfg>
+__device__ __forceinline__ void FinishBlock(const KernelParams& p, int head0, int heads,
+                                            SharedStorage<Cfg>& sm) {
+  if (p.num_splits == 1) {
+    WriteOutput<Cfg>(p, head0, heads, sm);
+    return;
+  }
+  WritePartial<Cfg>(p, head0, heads, sm);
+  if (!ArriveLast<Cfg>(p, blockIdx.y, sm)) return;
+  MergeSplits<Cfg>(p, head0, heads, sm);
 }
 
 }  // namespace ihip::engine::cuda::decode_attention

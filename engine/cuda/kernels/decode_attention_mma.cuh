@@ -5,11 +5,14 @@
 // (num_splits, Hq / heads_per_block), 128 threads; block (s, c) serves query heads
 // [c * heads, (c + 1) * heads) over split s's share of the key list, like the CUDA-core kernel.
 //
-// Per tile of 64 entries: the addresses of the tile kStages ahead are resolved first (its block
-// indices, then its page pointers; the loads fly while this tile is computed), the tile's
-// arrival is awaited, fp8 tiles are converted to f16 and RoPE keys rotated (fp32) in a staging
-// pass, each warp scores, softmaxes and accumulates its 16 keys with MMAs, and the freed stage
-// receives the copies of the tile kStages ahead.
+// Per tile of 64 entries: the addresses of the tile kStages ahead are resolved first, one entry
+// per thread of the first 64 (its block index, then its page pointer; the loads fly while this
+// tile is computed, then the rows are published in shared memory for the copying threads), the
+// tile's arrival is awaited, fp8 tiles are converted to f16 and RoPE keys rotated (fp32) in a
+// staging pass, each warp scores, softmaxes and accumulates its 16 keys with MMAs, and the freed
+// stage receives the copies of the tile kStages ahead. RoPE and fp32 output are template
+// parameters (each instantiation carries one path) and the loops over tiles and staging chunks
+// stay rolled: a sparse block runs about two tiles, its code once from a cold instruction cache.
 
 #include "engine/cuda/kernels/decode_attention_mma_common.cuh"
 
@@ -17,76 +20,71 @@ namespace ihip::engine::cuda::decode_attention {
 
 // ---- Issuing a tile ----
 
-// One thread's rows of one tile: source of its chunk of each K row (null: masked or past the
-// end; V is half_bytes further) and the RoPE positions (-1: masked).
-template <class Cfg>
-struct MmaRows {
-  const uint8_t* src[Cfg::kKeysPerThread];
-  int pos[Cfg::kKeysPerThread];
+// Entry `v` of the key list -> its K row (null: masked or past `end`; V is half_bytes further)
+// and RoPE position (-1: masked). One thread resolves one entry: the key's chunk threads read
+// the result from shared memory, so the code holds one address chain, not one per chunk row.
+struct KeyRow {
+  const uint8_t* src = nullptr;
+  int pos = -1;
 };
 
 template <class Cfg>
-__device__ __forceinline__ void ResolveMmaRows(const KernelParams& p, const KeySpace& ks,
-                                               int64_t first, int64_t end, int kv_head,
-                                               MmaRows<Cfg>& rows) {
-  const int row0 = threadIdx.x / Cfg::kCopyChunks, chunk = threadIdx.x % Cfg::kCopyChunks;
-  int64_t tok[Cfg::kKeysPerThread];
-#pragma unroll
-  for (int j = 0; j < Cfg::kKeysPerThread; ++j) {
-    const int64_t v = first + row0 + j * Cfg::kCopyRows;
-    int64_t t = 0, pos = 0;
-    const bool valid = v < end && ks.Map(v, &t, &pos);
-    tok[j] = valid ? t : -1;
-    rows.pos[j] = valid ? int(pos) : -1;
-  }
-#pragma unroll
-  for (int j = 0; j < Cfg::kKeysPerThread; ++j) {
-    rows.src[j] = nullptr;
-    if (tok[j] < 0) continue;
-    const int64_t page = p.page_shift >= 0 ? tok[j] >> p.page_shift : tok[j] / p.page_tokens;
-    const int64_t in_page = tok[j] - page * p.page_tokens;
-    const auto* base = reinterpret_cast<const uint8_t*>(
-        __ldg(reinterpret_cast<const unsigned long long*>(p.pages) + page));
-    rows.src[j] = base + (in_page * p.kv_heads + kv_head) * Cfg::kRawRowBytes + chunk * 16;
-  }
+__device__ __forceinline__ KeyRow ResolveKey(const KernelParams& p, const KeySpace& ks, int64_t v,
+                                             int64_t end, int kv_head) {
+  KeyRow r;
+  int64_t tok = 0, pos = 0;
+  if (v >= end || !ks.Map(v, &tok, &pos)) return r;
+  const int64_t page = p.page_shift >= 0 ? tok >> p.page_shift : Div(tok, p.page_tokens);
+  const int64_t in_page = tok - page * p.page_tokens;
+  const auto* base = reinterpret_cast<const uint8_t*>(
+      __ldg(reinterpret_cast<const unsigned long long*>(p.pages) + page));
+  r.src = base + (in_page * p.kv_heads + kv_head) * Cfg::kRawRowBytes;
+  r.pos = int(pos);
+  return r;
 }
 
-// Starts the copies of tile `t` (K and V, one commit group) and records its positions.
+// Publishes a resolved entry of tile `t` (key `key`) for IssueMmaTile (after a barrier).
 template <class Cfg>
-__device__ __forceinline__ void IssueMmaRows(const KernelParams& p, const MmaRows<Cfg>& rows,
-                                             int t, SharedStorage<Cfg>& sm) {
+__device__ __forceinline__ void StoreKeyRow(const KeyRow& r, int t, int key,
+                                            SharedStorage<Cfg>& sm) {
+  sm.tile.src[t % kStages][key] = r.src;
+  sm.tile.pos[t % 3][key] = r.pos;
+}
+
+// Starts the copies of tile `t` (K and V, one commit group) from its published rows: each
+// thread copies the same 16-byte chunk of kKeysPerThread rows.
+template <class Cfg>
+__device__ __forceinline__ void IssueMmaTile(const KernelParams& p, int t,
+                                             SharedStorage<Cfg>& sm) {
   const int row0 = threadIdx.x / Cfg::kCopyChunks, chunk = threadIdx.x % Cfg::kCopyChunks;
   auto& tile = sm.ring[t % kStages];
+  const uint8_t* const* rows = sm.tile.src[t % kStages];
   const void* any = p.pages;  // source of zero-filled copies (nothing is read)
-#pragma unroll
+#pragma unroll 2
   for (int j = 0; j < Cfg::kKeysPerThread; ++j) {
     const int key = row0 + j * Cfg::kCopyRows;
     const int off = Cfg::kFp8 ? key * Cfg::kRawRowBytes + chunk * 16 : Swizzled<Cfg>(key, chunk);
-    const uint8_t* src = rows.src[j];
-    CopyAsync16(tile.k + off, src ? src : any, src ? 16 : 0);
-    CopyAsync16(tile.v + off, src ? src + p.half_bytes : any, src ? 16 : 0);
+    const uint8_t* src = rows[key];
+    const int bytes = src ? 16 : 0;
+    src = src ? src + chunk * 16 : static_cast<const uint8_t*>(any);
+    CopyAsync16(tile.k + off, src, bytes);
+    CopyAsync16(tile.v + off, bytes ? src + p.half_bytes : src, bytes);
   }
   CommitAsync();
-  if (chunk == 0) {
-#pragma unroll
-    for (int j = 0; j < Cfg::kKeysPerThread; ++j) {
-      sm.tile.pos[t % 3][row0 + j * Cfg::kCopyRows] = rows.pos[j];
-    }
-  }
 }
 
 // ---- Setup ----
 
 // inv_freq into smem, run state, and q (rotated at p, times log2(e), hi / lo 16-bit pieces,
 // rows >= heads zero) into sm.tile.q.
-template <class Cfg>
+template <class Cfg, bool kRope>
 __device__ __forceinline__ void StageQuery(const KernelParams& p, int64_t pos, int head0,
                                            int heads, SharedStorage<Cfg>& sm) {
-  const bool rope = p.inv_freq != nullptr;
-  if (rope) {
+  if constexpr (kRope) {
     for (int i = threadIdx.x; i < Cfg::kDim / 2; i += kThreads) sm.inv_freq[i] = p.inv_freq[i];
   }
   constexpr int kHalf = Cfg::kDim / 2;
+#pragma unroll 1
   for (int i = threadIdx.x; i < Cfg::kHeads * kHalf / 2; i += kThreads) {
     const int h = i / (kHalf / 2), d = 2 * (i % (kHalf / 2));  // dims d, d + 1 of each half
     float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
@@ -96,7 +94,7 @@ __device__ __forceinline__ void StageQuery(const KernelParams& p, int64_t pos, i
       for (int e = 0; e < 2; ++e) {
         x[e] = row[d + e];
         y[e] = row[kHalf + d + e];
-        if (rope) {
+        if constexpr (kRope) {
           float c, s;
           RopeCosSin(double(pos), p.inv_freq[d + e], &c, &s);
           const float x1 = x[e], x2 = y[e];
@@ -146,6 +144,7 @@ template <class Cfg>
 __device__ __forceinline__ void ConvertFp8(const uint8_t* src, uint8_t* dst) {
   constexpr __nv_fp8_interpretation_t kInterp =
       Cfg::kStorage == ElemType::kF8E4M3 ? __NV_E4M3 : __NV_E5M2;
+#pragma unroll 2
   for (int u = threadIdx.x; u < Cfg::kTile * Cfg::kChunks; u += kThreads) {
     const int key = u / Cfg::kChunks, c = u % Cfg::kChunks;
     const uint2 w = *reinterpret_cast<const uint2*>(src + key * Cfg::kRawRowBytes + 8 * c);
@@ -166,6 +165,7 @@ template <class Cfg>
 __device__ __forceinline__ void RotateKeys(const SharedStorage<Cfg>& sm, const uint8_t* src,
                                            const int* pos, uint8_t* dst, uint8_t* lo) {
   constexpr int kHalfChunks = Cfg::kChunks / 2;
+#pragma unroll 1
   for (int u = threadIdx.x; u < Cfg::kTile * kHalfChunks; u += kThreads) {
     const int key = u / kHalfChunks, c = u % kHalfChunks;
     float x[8], y[8];
@@ -207,10 +207,10 @@ struct MmaState {
 
 // S^T of the warp's 16 keys: c0, c1 = key lane / 4, c2, c3 = key lane / 4 + 8 (heads 2t, 2t+1).
 // The hi x hi products and the lo corrections accumulate in two independent MMA chains.
-template <class Cfg>
+template <class Cfg, bool kRope>
 __device__ __forceinline__ void ScoreKeys(const SharedStorage<Cfg>& sm, const uint8_t* kt,
-                                          const uint8_t* klo, bool rope,
-                                          const uint32_t (*qf)[4], float (&s)[4]) {
+                                          const uint8_t* klo, const uint32_t (*qf)[4],
+                                          float (&s)[4]) {
   const int lane = threadIdx.x % 32, j = lane / 8;
   const int row = (threadIdx.x / 32) * 16 + (j & 1) * 8 + lane % 8;
   float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -230,7 +230,7 @@ __device__ __forceinline__ void ScoreKeys(const SharedStorage<Cfg>& sm, const ui
     LdMatrixX4(a, SmemAddr(kt + off));
     Mma<Cfg::kBf16>(s, a, q[0], q[1]);
     Mma<Cfg::kBf16>(c, a, q[2], q[3]);
-    if (rope) {
+    if constexpr (kRope) {
       LdMatrixX4(a, SmemAddr(klo + off));
       Mma<Cfg::kBf16>(c, a, q[0], q[1]);
     }
@@ -239,14 +239,14 @@ __device__ __forceinline__ void ScoreKeys(const SharedStorage<Cfg>& sm, const ui
   for (int i = 0; i < 4; ++i) s[i] += c[i];
 }
 
-template <class Cfg>
+template <class Cfg, bool kRope, bool kPrecise>
 __device__ __forceinline__ void ComputeKeys(const SharedStorage<Cfg>& sm, const uint8_t* kt,
                                             const uint8_t* vt, const uint8_t* klo,
-                                            const int* pos, bool precise, bool rope,
-                                            const uint32_t (*qf)[4], MmaState<Cfg>& st) {
+                                            const int* pos, const uint32_t (*qf)[4],
+                                            MmaState<Cfg>& st) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   float s[4];
-  ScoreKeys<Cfg>(sm, kt, klo, rope, qf, s);
+  ScoreKeys<Cfg, kRope>(sm, kt, klo, qf, s);
   if (pos[warp * 16 + g] < 0) s[0] = s[1] = -INFINITY;
   if (pos[warp * 16 + g + 8] < 0) s[2] = s[3] = -INFINITY;
 
@@ -273,7 +273,7 @@ __device__ __forceinline__ void ComputeKeys(const SharedStorage<Cfg>& sm, const 
 
   // P^T as B fragments: keys 2t, 2t + 1 (+ 8) of head g.
   uint32_t hi0, hi1, lo0 = 0, lo1 = 0;
-  if (precise) {
+  if constexpr (kPrecise) {
     Split2<Cfg::kBf16>(p[0], p[1], &hi0, &lo0);
     Split2<Cfg::kBf16>(p[2], p[3], &hi1, &lo1);
     lo0 = Transpose8x8(lo0);
@@ -291,7 +291,7 @@ __device__ __forceinline__ void ComputeKeys(const SharedStorage<Cfg>& sm, const 
     uint32_t a[4];
     LdMatrixX4Trans(a, SmemAddr(vt + Swizzled<Cfg>(row, 2 * i + (j & 1))));
     Mma<Cfg::kBf16>(st.acc[i], a, hi0, hi1);
-    if (precise) Mma<Cfg::kBf16>(st.acc[i], a, lo0, lo1);
+    if constexpr (kPrecise) Mma<Cfg::kBf16>(st.acc[i], a, lo0, lo1);
   }
 }
 
@@ -343,40 +343,38 @@ __device__ __forceinline__ void StoreMmaState(MmaState<Cfg>& st, SharedStorage<C
 
 // ---- The kernel ----
 
-template <ElemType kStore, int kHeadDim>
+// kRope: keys rotated at their positions (params.inv_freq non-null); kPrecise: fp32 output (P
+// as two 16-bit pieces). One instantiation per combination, so each carries only its own path.
+template <ElemType kStore, int kHeadDim, bool kRope, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBlocks))
     DecodeAttentionMmaKernel(const __grid_constant__ KernelParams p) {
   using Cfg = MmaConfig<kStore, kHeadDim>;
+  static_assert(kStages * Cfg::kTile <= kThreads);  // the first tiles: one entry per thread
   extern __shared__ __align__(16) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<SharedStorage<Cfg>*>(smem_raw);
   uint8_t* const k_lo = smem_raw + sizeof(SharedStorage<Cfg>);  // RoPE launches only
   const int heads = p.heads_per_block;
   const int head0 = blockIdx.y * heads;
   const int kv_head = head0 / p.group;
-  const bool rope = p.inv_freq != nullptr;
-  const bool precise = p.out_dtype == ElemType::kF32;
 
   const KeySpace ks = LoadKeySpace(p);
   int64_t begin, end;
   SplitRange(ks.total, blockIdx.x, p.num_splits, &begin, &end);
   const int tiles = int((end - begin + Cfg::kTile - 1) / Cfg::kTile);
-  {
-    MmaRows<Cfg> first[kStages];
-#pragma unroll
-    for (int t = 0; t < kStages; ++t) {
-      ResolveMmaRows<Cfg>(p, ks, begin + int64_t(t) * Cfg::kTile, end, kv_head, first[t]);
-    }
-#pragma unroll
-    for (int t = 0; t < kStages; ++t) {
-      if (t < tiles) {
-        IssueMmaRows<Cfg>(p, first[t], t, sm);
-      } else {
-        CommitAsync();
-      }
+  if (threadIdx.x < kStages * Cfg::kTile) {
+    const int t = threadIdx.x / Cfg::kTile, key = threadIdx.x % Cfg::kTile;
+    StoreKeyRow<Cfg>(ResolveKey<Cfg>(p, ks, begin + threadIdx.x, end, kv_head), t, key, sm);
+  }
+  StageQuery<Cfg, kRope>(p, ks.p, head0, heads, sm);
+  __syncthreads();
+#pragma unroll 1
+  for (int t = 0; t < kStages; ++t) {
+    if (t < tiles) {
+      IssueMmaTile<Cfg>(p, t, sm);
+    } else {
+      CommitAsync();
     }
   }
-  StageQuery<Cfg>(p, ks.p, head0, heads, sm);
-  __syncthreads();
   uint32_t qf[Cfg::kQInRegs ? Cfg::kSteps : 1][4];
   if constexpr (Cfg::kQInRegs) {
 #pragma unroll
@@ -391,30 +389,37 @@ __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBl
     for (int r = 0; r < 4; ++r) st.acc[i][r] = 0.0f;
   }
 
+#pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
+    // Tile t + kStages: one entry per thread of the first kTile, in flight during this tile.
     const bool more = t + kStages < tiles;
-    MmaRows<Cfg> next;
-    if (more) ResolveMmaRows<Cfg>(p, ks, begin + int64_t(t + kStages) * Cfg::kTile, end, kv_head,
-                                  next);
+    const bool resolver = more && threadIdx.x < Cfg::kTile;
+    KeyRow next;
+    if (resolver) {
+      next = ResolveKey<Cfg>(p, ks, begin + int64_t(t + kStages) * Cfg::kTile + threadIdx.x, end,
+                             kv_head);
+    }
     WaitAsync<kStages - 1>();  // this thread's copies of tile t
     __syncthreads();           // everyone's
     auto& raw = sm.ring[t % kStages];
     const int* pos = sm.tile.pos[t % 3];
     uint8_t* kt = Cfg::kFp8 ? sm.conv : raw.k;
     uint8_t* vt = Cfg::kFp8 ? sm.conv + Cfg::kTile * Cfg::kRowBytes : raw.v;
-    if (Cfg::kFp8 || rope) {
+    if constexpr (Cfg::kFp8 || kRope) {
       if constexpr (Cfg::kFp8) ConvertFp8<Cfg>(raw.v, vt);
-      if (rope) {
+      if constexpr (kRope) {
         RotateKeys<Cfg>(sm, raw.k, pos, kt, k_lo);
-      } else if constexpr (Cfg::kFp8) {
+      } else {
         ConvertFp8<Cfg>(raw.k, kt);
       }
       __syncthreads();
     }
-    ComputeKeys<Cfg>(sm, kt, vt, k_lo, pos, precise, rope, qf, st);
-    __syncthreads();  // the stage (and the staging buffers) are free again
+    ComputeKeys<Cfg, kRope, kPrecise>(sm, kt, vt, k_lo, pos, qf, st);
+    if (resolver) StoreKeyRow<Cfg>(next, t + kStages, threadIdx.x, sm);
+    __syncthreads();  // the stage (and the staging buffers) are free again; tile t + kStages's
+                      // rows are published
     if (more) {
-      IssueMmaRows<Cfg>(p, next, t + kStages, sm);
+      IssueMmaTile<Cfg>(p, t + kStages, sm);
     } else {
       CommitAsync();
     }
@@ -424,13 +429,7 @@ __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBl
 
   StoreMmaState<Cfg>(st, sm);
   __syncthreads();
-  if (p.num_splits == 1) {
-    WriteOutput<Cfg>(p, head0, heads, sm);
-    return;
-  }
-  WritePartial<Cfg>(p, head0, heads, sm);
-  if (!ArriveLast<Cfg>(p, blockIdx.y, sm)) return;
-  MergeSplits<Cfg>(p, head0, heads, sm);
+  FinishBlock<Cfg>(p, head0, heads, sm);
 }
 
 }  // namespace ihip::engine::cuda::decode_attention

@@ -74,7 +74,8 @@ struct SharedStorage<MmaConfig<kStore, kHeadDim>> {
     struct {
       alignas(16) uint8_t q[2][Cfg::kHeads][Cfg::kQRowBytes];  // hi, lo pieces of q * log2(e)
       int pos[3][Cfg::kTile];  // RoPE position per entry, -1: masked (slot = tile % 3)
-    } tile;
+      const uint8_t* src[kStages][Cfg::kTile];  // K row per entry, null: masked (tile % kStages)
+    } tile;  // (within the merge's scales for D <= 128: no extra shared memory)
     float merge_scale[Cfg::kHeads][kMaxSplits];
   };
   double inv_freq[Cfg::kDim / 2];
