@@ -25,6 +25,7 @@
 
 #include "engine/cpu/pruning.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/cuda/cuda_layer.h"  // ToPruneConfig: what the engine hands to PlanPrune
 #include "engine/cuda/pruning.h"
 #include "engine/hip/mask.h"
 #include "engine/hip/rope.h"
@@ -102,21 +103,6 @@ LayerConfig MakeLayerConfig(const Case& c) {
   cfg.prune_rope_style =
       c.style == Style::kChunkIndexed ? PruneRopeStyle::kChunkIndexed : PruneRopeStyle::kRelative;
   return cfg;
-}
-
-// The device form of a LayerConfig (what the engine hands to PlanPrune).
-PruneConfig ToPruneConfig(const LayerConfig& l) {
-  PruneConfig c;
-  c.sink_tokens = l.sink_tokens;
-  c.window_tokens = l.window_tokens;
-  c.num_stages = int(l.stages.size());
-  c.pooled_stages = l.pooled_stages;
-  for (int s = 0; s < c.num_stages; ++s) {
-    c.stages[s] = {l.stages[s].chunk_size, l.stages[s].kept_chunks()};
-  }
-  c.rope_style = l.prune_rope_style == PruneRopeStyle::kChunkIndexed ? kPruneRopeChunkIndexed
-                                                                     : kPruneRopeRelative;
-  return c;
 }
 
 // Host pages (K filled, V zero) and the same bytes in device pages at shuffled slots of a pool
