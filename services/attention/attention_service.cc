@@ -361,7 +361,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   auto* reactor = new UnaryReactor();
   const absl::Time t0 = absl::Now();
   const absl::Time deadline = DeadlineOf(ctx);
-  executor_->Submit([this, reactor, req, resp, t0, deadline] {
+  auto run = [this, reactor, req, resp, t0, deadline] {
     const absl::Time t1 = absl::Now();
     Work work;
     work.cancelled = &reactor->cancelled;
@@ -374,7 +374,13 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
     }
     metrics_->OnRequest("Attend", s.code(), t1 - t0, work.engine_time, t2 - t0);
     reactor->Finish(services::ToGrpc(s));
-  });
+  };
+  if (TryInline(*req)) {  // a decode step: no hand-off to a worker
+    run();
+    EndInline();
+    return reactor;
+  }
+  executor_->Submit(std::move(run));
   return reactor;
 }
 

@@ -1,12 +1,13 @@
 #pragma once
 
 // AttentionService: ihip.v1.Attention over an engine::Engine (callback API). Engine work runs on
-// the Executor, except small AttendStream requests (decode steps) while fewer than
+// the Executor, except small Attend and AttendStream requests (decode steps) while fewer than
 // `inline_stream_slots` run that way: those are computed in the reaction itself, which saves the
-// hand-off to a worker (a thread wake-up: 20–70 µs measured, a large share of a decode step's
-// round trip); the bound keeps gRPC's callback threads free for everything else. Every request is validated against its sequence's
-// ModelSpec before anything is appended (INVALID_ARGUMENT naming the field; NOT_FOUND for an
-// unknown sequence); deadlines and cancellation reach the engine, which then appends nothing.
+// hand-off to a worker (a thread wake-up: 20–90 µs measured, a large share of a decode step's
+// round trip); the bound keeps gRPC's callback threads free for everything else. Every request
+// is validated against its sequence's ModelSpec before anything is appended (INVALID_ARGUMENT
+// naming the field; NOT_FOUND for an unknown sequence); deadlines and cancellation reach the
+// engine, which then appends nothing.
 // Proto <-> engine conversion happens here and in conversions.cc only. Thread-safe.
 
 #include <atomic>
@@ -30,8 +31,8 @@ struct AttentionServiceOptions {
   int max_items_per_request = 1024;
   int max_tokens_per_item = 65536;  // must not exceed the engine's
   int page_tokens = 64;             // the engine's KV page size (for kv_bytes)
-  // AttendStream requests of at most inline_max_bytes (q, k, v of all items) computed in the
-  // reaction, at most this many at once; 0 = every request goes through the workers.
+  // Attend / AttendStream requests of at most inline_max_bytes (q, k, v of all items) computed
+  // in the reaction, at most this many at once; 0 = every request goes through the workers.
   int inline_stream_slots = 2;
   size_t inline_max_bytes = 64 << 10;
 };

@@ -49,9 +49,9 @@ ABSL_FLAG(double, max_device_gib, 0,
 ABSL_FLAG(bool, cuda_graphs, true, "CUDA backend: replay captured CUDA graphs for decode steps");
 ABSL_FLAG(int, workers, 4, "requests computed at once (the rest queue)");
 ABSL_FLAG(int, inline_stream_slots, 2,
-          "AttendStream decode steps (requests <= 64 KiB) computed on gRPC's callback threads "
-          "instead of a worker, at most this many at once (saves a thread hand-off per step; "
-          "0 = never)");
+          "Attend/AttendStream decode steps (requests <= 64 KiB) computed on gRPC's callback "
+          "threads instead of a worker, at most this many at once (saves a thread hand-off per "
+          "step; 0 = never)");
 ABSL_FLAG(int64_t, default_max_context, int64_t{1} << 22,
           "max_context of sequences created without one");
 ABSL_FLAG(int, max_message_mib, 1024,
