@@ -220,7 +220,9 @@ T* WsAt(const RunArgs& a, size_t offset) {
   return a.ws != nullptr ? reinterpret_cast<T*>(a.ws + offset) : nullptr;
 }
 
-RunArgs SingleRun(const PruneParams& params) {
+// The fields PruneParams and PruneBatchParams share.
+template <class Params>
+RunArgs CommonArgs(const Params& params) {
   RunArgs a;
   a.kv = params.kv;
   a.rope = params.rope;
@@ -229,24 +231,21 @@ RunArgs SingleRun(const PruneParams& params) {
   a.pooled_pos = params.pooled_positions;
   a.full_q = params.full_q;
   a.full_pos = params.full_positions;
-  for (int s = 1; s < DeviceMask::kMaxStages; ++s) a.inputs[s] = params.mask.stage_inputs[s];
-  a.counts = params.mask.stage_input_counts;
-  a.blocks = params.mask.blocks;
-  a.num_blocks = params.mask.num_blocks;
   a.ws = static_cast<uint8_t*>(params.workspace);
   return a;
 }
 
+RunArgs SingleRun(const PruneParams& params) {
+  RunArgs a = CommonArgs(params);
+  for (int s = 1; s < DeviceMask::kMaxStages; ++s) a.inputs[s] = params.mask.stage_inputs[s];
+  a.counts = params.mask.stage_input_counts;
+  a.blocks = params.mask.blocks;
+  a.num_blocks = params.mask.num_blocks;
+  return a;
+}
+
 RunArgs BatchRun(const PrunePlan& plan, const PruneBatchParams& params) {
-  RunArgs a;
-  a.kv = params.kv;
-  a.rope = params.rope;
-  a.step = params.step;
-  a.pooled_q = params.pooled_q;
-  a.pooled_pos = params.pooled_positions;
-  a.full_q = params.full_q;
-  a.full_pos = params.full_positions;
-  a.ws = static_cast<uint8_t*>(params.workspace);
+  RunArgs a = CommonArgs(params);
   for (int s = 1; s < plan.cfg.num_stages; ++s) {
     a.inputs[s] = WsAt<int64_t>(a, plan.batch_inputs_offset[s]);
   }

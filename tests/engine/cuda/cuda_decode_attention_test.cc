@@ -36,10 +36,7 @@ namespace {
 
 using engine::testing::Random;
 
-uint64_t FreshSeed() {
-  return (uint64_t(std::random_device{}()) << 32) ^
-         uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
-}
+using engine::testing::FreshSeed;
 
 cpu::ThreadPool& Pool() {
   static cpu::ThreadPool* pool = new cpu::ThreadPool();

@@ -27,7 +27,7 @@ using testing::LayerData;
 constexpr int kLayer = 3;  // a sparse layer (0-2 are the dense layers)
 
 uint64_t FreshSeed() {
-  const uint64_t seed = std::random_device{}();
+  const uint64_t seed = testing::FreshSeed();
   std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
   return seed;
 }
@@ -45,16 +45,6 @@ ModelSpec Model(DType dtype, bool rope) {
     m.rope.llama3 = Llama3Scaling{};
   }
   return m;
-}
-
-double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 // A CUDA engine over its own in-memory store, driven like EngineUnderTest.
@@ -101,7 +91,7 @@ void CompareDecode(const ModelSpec& m, const HipConfig& config, int64_t prefix, 
     ASSERT_EQ(rg.masks.size(), 1u);
     EXPECT_EQ(rg.masks[0].blocks, rc.masks[0].blocks) << "step " << i << " seed " << seed;
     EXPECT_EQ(rg.attended_keys, rc.attended_keys) << "step " << i;
-    EXPECT_LT(RelErr(og, *oc), tolerance) << "step " << i << " seed " << seed;
+    EXPECT_LT(testing::RelativeL2(og, *oc), tolerance) << "step " << i << " seed " << seed;
   }
 }
 
@@ -157,7 +147,7 @@ TEST(CudaEngineTest, PrefillAndDenseMatchCpu) {
                       d.v_at(prefix), out.data(), a};
       ASSERT_TRUE(gpu.gpu->Attend(item, &rg).ok());
       const auto og = testing::FromWire(m.dtype, out.data(), size_t(chunk) * d.q_row());
-      EXPECT_LT(RelErr(og, *oc), 2e-2) << "sparse prefill, seed " << seed;
+      EXPECT_LT(testing::RelativeL2(og, *oc), 2e-2) << "sparse prefill, seed " << seed;
       ASSERT_EQ(rg.masks.size(), rc.masks.size());
       for (size_t b = 0; b < rc.masks.size(); ++b) {
         EXPECT_EQ(rg.masks[b].blocks, rc.masks[b].blocks) << "query block " << b;
@@ -172,7 +162,7 @@ TEST(CudaEngineTest, PrefillAndDenseMatchCpu) {
         AttendItem item{"s", kLayer, prefix, T, d.q_at(prefix), nullptr, nullptr, out.data(), o};
         ASSERT_TRUE(gpu.gpu->Attend(item, &rg).ok());
         const auto og = testing::FromWire(m.dtype, out.data(), size_t(T) * d.q_row());
-        EXPECT_LT(RelErr(og, *oc), 2e-2) << "dense T=" << T << ", seed " << seed;
+        EXPECT_LT(testing::RelativeL2(og, *oc), 2e-2) << "dense T=" << T << ", seed " << seed;
         EXPECT_EQ(rg.attended_keys, rc.attended_keys);
       }
     }

@@ -257,7 +257,7 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
   }
 }
 
-uint64_t FreshSeed() { return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}(); }
+using engine::testing::FreshSeed;
 
 class PrefillAttentionTest : public ::testing::TestWithParam<Case> {};
 

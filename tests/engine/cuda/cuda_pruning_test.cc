@@ -378,7 +378,7 @@ class Harness {
   DeviceMask mask_;
 };
 
-uint64_t FreshSeed() { return std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32); }
+using engine::testing::FreshSeed;
 
 // ---- Scores ----
 
