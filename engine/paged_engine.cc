@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/hip/dtype_convert.h"
+#include "engine/hip/refresh_schedule.h"
 #include "engine/status_macros.h"
 
 namespace ihip::engine {
@@ -23,6 +24,12 @@ PagedEngine::PagedEngine(const PagedEngineOptions& options, PageStore* store)
     : options_(options), store_(store) {}
 
 PagedEngine::~PagedEngine() = default;
+
+int PagedEngine::RefreshFrom(const LayerConfig& cfg, const Step& step) {
+  if (!step.cache.valid) return 1;  // nothing cached yet: run every stage
+  if (step.options.refresh != kRefreshBySchedule) return step.options.refresh;
+  return StageToRefresh(cfg.stages, step.cache.decode_step);
+}
 
 void PagedEngine::ReleaseBackendStates() {
   std::lock_guard<std::mutex> lock(mu_);

@@ -92,6 +92,10 @@ class PagedEngine : public Engine {
     Interrupt interrupt;
   };
 
+  // The stage a sparse decode step re-runs from (1..N; 0 = the cached mask): the option's
+  // override, else the refresh schedule (DESIGN §3.3); every stage when nothing is cached.
+  static int RefreshFrom(const LayerConfig& cfg, const Step& step);
+
   // Computes step.o (and the mask cache of a sparse decode, result's fields) for a validated
   // step: dense (options.mode), decode (T = 1) or prefill.
   virtual absl::Status Compute(const Sequence& seq, LayerState& state, const LayerConfig& cfg,

@@ -5,7 +5,6 @@
 #include "engine/cpu/attention.h"
 #include "engine/cpu/pruning.h"
 #include "engine/cpu/vector_math.h"
-#include "engine/hip/refresh_schedule.h"
 #include "engine/status_macros.h"
 
 namespace ihip::engine::cpu {
@@ -25,11 +24,7 @@ absl::Status CpuEngine::Compute(const Sequence& seq, LayerState& state, const La
 absl::Status CpuEngine::Decode(const Sequence& seq, const LayerConfig& cfg, Step& step,
                                AttendResult* result) {
   const int64_t p = step.position;
-  int from = step.options.refresh;
-  if (from == kRefreshBySchedule) {
-    from = step.cache.valid ? StageToRefresh(cfg.stages, step.cache.decode_step) : 1;
-  }
-  if (!step.cache.valid) from = 1;  // nothing cached yet: run every stage
+  const int from = RefreshFrom(cfg, step);
   std::vector<std::vector<int64_t>> kept;
   if (from > 0) {
     PruneInput in;

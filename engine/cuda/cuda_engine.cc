@@ -10,7 +10,6 @@
 #include "absl/strings/str_format.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/cuda_layer.h"
-#include "engine/hip/refresh_schedule.h"
 #include "engine/status_macros.h"
 
 namespace ihip::engine::cuda {
@@ -159,11 +158,7 @@ class CudaEngine final : public PagedEngine, public LayerContext {
       return layer->Prefill(ls, /*dense=*/true, lease.stream, result);
     }
     if (step.num_tokens > 1) return layer->Prefill(ls, /*dense=*/false, lease.stream, result);
-    int from = step.options.refresh;
-    if (from == kRefreshBySchedule) {
-      from = step.cache.valid ? StageToRefresh(cfg.stages, step.cache.decode_step) : 1;
-    }
-    if (!step.cache.valid) from = 1;
+    int from = RefreshFrom(cfg, step);
     IHIP_RETURN_IF_ERROR(layer->SparseDecode(ls, from, &step.cache, lease.stream, result));
     result->refreshed_from_stage = from;
     return absl::OkStatus();
