@@ -28,9 +28,12 @@ struct DiskTierOptions {
                                   // page cache (falls back to buffered where unsupported)
   bool direct_writes = true;      // O_DIRECT for flush and compaction
   int background_jobs = 0;        // flush + compaction threads; 0 = one per hardware thread
-                                  // (2..16). Half of them flush: a spill is memtable flushes,
-                                  // each writing blob files with a CRC32c on one thread
+                                  // (2..16). Half of them flush (at least 2): a spill is
+                                  // memtable flushes, each computing the blob CRC32c (software
+                                  // in Debian's RocksDB: the spill's main CPU cost) and writing
+                                  // on one thread
   uint64_t write_buffer_bytes = 64ull << 20;  // memtable size
+  int memtables = 0;  // memtables (1 taking writes, the others flushing); 0 = flush threads + 2
   // Tune this process's malloc (once) so that memtable arena blocks come from the heap and their
   // pages are reused by the next memtable instead of being faulted in and zeroed again.
   bool keep_memtable_memory = true;
@@ -72,6 +75,9 @@ class DiskTier {
   absl::Status DeleteSequence(uint64_t sequence);
   // Every stored manifest, by sequence.
   absl::StatusOr<std::vector<std::pair<uint64_t, std::string>>> ListManifests();
+  // Writes every memtable to disk files and waits for it (a spill is complete on disk, not
+  // only in RocksDB's memory, when this returns).
+  absl::Status Flush();
   // Full manual compaction (admin "Compact").
   absl::Status Compact();
   // RocksDB statistics for /metrics: ticker name -> count (e.g. "rocksdb.bytes.written") and a

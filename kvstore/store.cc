@@ -635,34 +635,46 @@ absl::Status Store::SuspendSequence(uint64_t handle) {
     return absl::FailedPreconditionError("suspend needs a disk tier (--rocksdb_path)");
   }
   Sequence& seq = **s;
-  std::vector<DiskTier::PageWrite> writes;
   std::vector<PageRef> leaving;
   for (uint32_t layer = 0; layer < seq.layers.size(); ++layer) {
     auto& pages = seq.layers[layer].pages;
     const uint64_t committed = seq.committed_pages(layer);
     for (uint64_t i = 0; i < std::min<uint64_t>(committed, pages.size()); ++i) {
-      Page& p = pages[i];
-      if (p.slot < 0 || p.pins > 0) continue;
+      const Page& p = pages[i];
+      if (p.slot >= 0 && p.pins == 0) leaving.push_back({handle, layer, i});
+    }
+  }
+  // In batches of spill_batch pages, as spills: one batch for a whole sequence would be a
+  // WriteBatch (and a memtable, flushed on one thread) of the sequence's size: on the H200
+  // machine a 1.6 GiB suspend spilled at a third of the disk's rate. A failed batch leaves its
+  // pages and the later ones resident (the sequence stays active; the written ones are on disk).
+  std::vector<DiskTier::PageWrite> writes;
+  for (size_t b = 0; b < leaving.size(); b += options_.spill_batch) {
+    const size_t e = std::min<size_t>(leaving.size(), b + options_.spill_batch);
+    writes.clear();
+    for (size_t k = b; k < e; ++k) {
+      const PageRef& ref = leaving[k];
+      const Page& p = seq.layers[ref.layer].pages[ref.page];
       if (p.dirty || !p.on_disk) {
-        writes.push_back({{handle, layer, uint32_t(i)},
+        writes.push_back({{handle, ref.layer, uint32_t(ref.page)},
                           segment_->slot_data(uint64_t(p.slot)),
                           seq.spec.page_bytes});
       }
-      leaving.push_back({handle, layer, i});
     }
+    if (!writes.empty()) {
+      absl::Status w = disk_->Write(writes, 0, nullptr, options_.durable);
+      if (!w.ok()) return w;
+    }
+    for (size_t k = b; k < e; ++k) {
+      const PageRef& ref = leaving[k];
+      Page& p = seq.layers[ref.layer].pages[ref.page];
+      FreePage(ref, p);
+      p.on_disk = true;
+      p.dirty = false;
+      ++stats_.spills;
+    }
+    for (const auto& w : writes) stats_.spill_bytes += w.bytes;
   }
-  if (!writes.empty()) {
-    absl::Status w = disk_->Write(writes, 0, nullptr, options_.durable);
-    if (!w.ok()) return w;
-  }
-  for (const PageRef& ref : leaving) {
-    Page& p = seq.layers[ref.layer].pages[ref.page];
-    FreePage(ref, p);
-    p.on_disk = true;
-    p.dirty = false;
-    ++stats_.spills;
-  }
-  for (const auto& w : writes) stats_.spill_bytes += w.bytes;
   seq.suspended = true;
   return absl::OkStatus();
 }

@@ -77,7 +77,9 @@ class Store {
   absl::StatusOr<SequenceSummary> GetSequence(uint64_t handle) const;
   absl::Status DropSequence(uint64_t handle);
   absl::StatusOr<uint64_t> FindSequence(const std::string& id) const;
-  // Spills every unpinned resident page of the sequence out of the host tier.
+  // Spills every unpinned resident committed page of the sequence out of the host tier, in disk
+  // writes of spill_batch pages. On a write error the pages already written have left, the rest
+  // stay resident, and the sequence is not marked suspended.
   absl::Status SuspendSequence(uint64_t handle);
 
   // Appends `count` pages to the layer, pinned by `client`; returns the first page index and the

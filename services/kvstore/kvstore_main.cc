@@ -3,6 +3,7 @@
 // brings them back, and answers the ihip.v1.KvStore admin API, grpc.health.v1 and /metrics.
 // SIGTERM/SIGINT: stop accepting, finish what is in flight, flush, exit 0.
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -35,6 +36,12 @@ ABSL_FLAG(bool, durable, false,
           "write committed pages and manifests through to RocksDB, so a restarted kvstore "
           "serves the same sequences (needs --rocksdb_path)");
 ABSL_FLAG(bool, sync_writes, false, "fsync RocksDB writes (survive power loss, slower)");
+ABSL_FLAG(int, rocksdb_background_jobs, 0,
+          "RocksDB flush + compaction threads, half of them flushing (0 = one per hardware "
+          "thread, 2..16); a spill's rate scales with the flush threads");
+ABSL_FLAG(int, rocksdb_memtable_mib, 64, "RocksDB memtable size, MiB");
+ABSL_FLAG(int, rocksdb_memtables, 0,
+          "RocksDB memtables (0 = flush threads + 2); memory: memtables x memtable size");
 ABSL_FLAG(double, high_watermark, 0.90, "pool share above which idle pages spill to disk");
 ABSL_FLAG(double, low_watermark, 0.80, "pool share spilling brings usage down to");
 ABSL_FLAG(std::string, grpc_address, "127.0.0.1:50052", "admin gRPC listen address");
@@ -84,6 +91,10 @@ int main(int argc, char** argv) {
     kvstore::DiskTierOptions disk_opts;
     disk_opts.path = rocksdb_path;
     disk_opts.sync = absl::GetFlag(FLAGS_sync_writes);
+    disk_opts.background_jobs = absl::GetFlag(FLAGS_rocksdb_background_jobs);
+    disk_opts.write_buffer_bytes = uint64_t(std::max(0, absl::GetFlag(FLAGS_rocksdb_memtable_mib)))
+                                   << 20;
+    disk_opts.memtables = absl::GetFlag(FLAGS_rocksdb_memtables);
     auto opened = kvstore::DiskTier::Open(disk_opts);
     if (!opened.ok()) return Fail(opened.status());
     disk = std::move(*opened);

@@ -40,6 +40,15 @@ ABSL_FLAG(int, read_threads, 4, "threads of the parallel fetch-back pass (the fi
 ABSL_FLAG(int, dd_mib, 1024, "MiB written and read by dd (0: skip dd)");
 ABSL_FLAG(bool, direct, true, "DiskTierOptions direct_reads and direct_writes");
 ABSL_FLAG(bool, sync, false, "DiskTierOptions sync");
+ABSL_FLAG(bool, wal, true,
+          "write-ahead log on for the spill (the store spills without it when not durable)");
+ABSL_FLAG(int, jobs, 0, "DiskTierOptions background_jobs (0: automatic)");
+ABSL_FLAG(int, write_buffer_mib, 64, "DiskTierOptions write_buffer_bytes, MiB");
+ABSL_FLAG(int, memtables, 0, "DiskTierOptions memtables (0: automatic)");
+ABSL_FLAG(int, writers, 1, "threads calling Write at once, each on its own share of the pages");
+ABSL_FLAG(bool, fetch_back, true, "run the fetch-back passes");
+ABSL_FLAG(std::string, rocksdb_log, "",
+          "copy RocksDB's info LOG here at the end (flush timings for the notes)");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this path");
 
 namespace ihip::kvstore {
@@ -206,8 +215,9 @@ struct Results {
   std::string date_utc, commit, command;
   uint64_t pages = 0;
   size_t page_bytes = 0;
-  int batch = 0;
-  bool sync = false, direct = false;
+  int batch = 0, writers = 1;
+  bool sync = false, direct = false, wal = true;
+  int jobs = 0, write_buffer_mib = 0, memtables = 0;
   DdResult dd;
   int dd_mib = 0;
   double write_s = 0, persist_s = 0;
@@ -221,17 +231,30 @@ struct Results {
 // into blob files, so write_s + reopen = until everything is on disk.
 absl::Status Spill(const DiskTierOptions& options, const std::vector<std::vector<uint8_t>>& pool,
                    std::unique_ptr<DiskTier>& tier, Results& r) {
-  std::vector<uint8_t> staging(r.batch * r.page_bytes);
+  const int writers = std::max(1, r.writers);
   const int64_t io0 = ProcessBytesWritten();
   const auto w0 = Clock::now();
-  for (uint64_t i = 0; i < r.pages; i += r.batch) {
-    std::vector<DiskTier::PageWrite> writes;
-    for (uint64_t j = i; j < std::min<uint64_t>(r.pages, i + r.batch); ++j) {
-      uint8_t* p = staging.data() + (j - i) * r.page_bytes;
-      FillPage(pool, j, p, r.page_bytes);
-      writes.push_back({KeyOf(j), p, r.page_bytes});
-    }
-    if (absl::Status s = tier->Write(writes); !s.ok()) return s;
+  // Writer w writes batches w, w + writers, ... from its own staging buffer.
+  std::vector<absl::Status> errors(writers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      std::vector<uint8_t> staging(r.batch * r.page_bytes);
+      for (uint64_t i = uint64_t(w) * r.batch; i < r.pages && errors[w].ok();
+           i += uint64_t(writers) * r.batch) {
+        std::vector<DiskTier::PageWrite> writes;
+        for (uint64_t j = i; j < std::min<uint64_t>(r.pages, i + r.batch); ++j) {
+          uint8_t* p = staging.data() + (j - i) * r.page_bytes;
+          FillPage(pool, j, p, r.page_bytes);
+          writes.push_back({KeyOf(j), p, r.page_bytes});
+        }
+        errors[w] = tier->Write(writes, 0, nullptr, r.wal);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& s : errors) {
+    if (!s.ok()) return s;
   }
   const auto w1 = Clock::now();
   r.write_stats = tier->Statistics();
@@ -254,8 +277,11 @@ void PrintTable(const Results& r) {
               Gbps(r.dd.read_gbps).c_str(), r.dd_mib);
   std::printf("| dd read, O_DIRECT, 256 KiB blocks | %s | %d MiB, sequential |\n",
               Gbps(r.dd.read_page_gbps).c_str(), r.dd_mib);
-  std::printf("| spill: Write() calls | %.2f | %.2f GB in %.1f s, %d pages/batch, sync=%d |\n",
-              r.gb() / r.write_s, r.gb(), r.write_s, r.batch, r.sync ? 1 : 0);
+  std::printf(
+      "| spill: Write() calls | %.2f | %.2f GB in %.1f s, %d pages/batch, %d writer(s), sync=%d, "
+      "WAL %s, jobs %d, %d memtables of %d MiB |\n",
+      r.gb() / r.write_s, r.gb(), r.write_s, r.batch, r.writers, r.sync ? 1 : 0,
+      r.wal ? "on" : "off", r.jobs, r.memtables, r.write_buffer_mib);
   std::printf("| spill: until all in blob files | %.2f | + close/reopen (memtable flush) |\n",
               r.gb() / r.persist_s);
   for (const ReadPass& p : r.reads) {
@@ -290,6 +316,14 @@ bool WriteJson(const Results& r, const std::string& path) {
                         r.pages, r.page_bytes, r.batch);
   absl::StrAppendFormat(&j, "  \"direct_io\": %d,\n  \"sync\": %d,\n", r.direct ? 1 : 0,
                         r.sync ? 1 : 0);
+  absl::StrAppendFormat(&j,
+                        "  \"wal\": %d,\n  \"writers\": %d,\n  \"jobs\": %d,\n"
+                        "  \"memtables\": %d,\n  \"write_buffer_mib\": %d,\n",
+                        r.wal ? 1 : 0, r.writers, r.jobs, r.memtables, r.write_buffer_mib);
+  absl::StrAppendFormat(&j, "  \"stall_micros\": %u,\n",
+                        r.write_stats.count("rocksdb.stall.micros")
+                            ? r.write_stats.at("rocksdb.stall.micros")
+                            : 0);
   absl::StrAppendFormat(&j, "  \"dd_mib\": %d,\n  \"dd_write_gbps\": %.4f,\n", r.dd_mib,
                         r.dd.write_gbps);
   absl::StrAppendFormat(&j, "  \"dd_read_gbps\": %.4f,\n  \"dd_read_256k_gbps\": %.4f,\n",
@@ -345,6 +379,12 @@ int Main(int argc, char** argv) {
   options.path = dir.dir + "/db";
   options.direct_reads = options.direct_writes = absl::GetFlag(FLAGS_direct);
   options.sync = r.sync = absl::GetFlag(FLAGS_sync);
+  options.background_jobs = r.jobs = absl::GetFlag(FLAGS_jobs);
+  r.write_buffer_mib = absl::GetFlag(FLAGS_write_buffer_mib);
+  options.write_buffer_bytes = uint64_t(r.write_buffer_mib) << 20;
+  options.memtables = r.memtables = absl::GetFlag(FLAGS_memtables);
+  r.writers = absl::GetFlag(FLAGS_writers);
+  r.wal = absl::GetFlag(FLAGS_wal);
   auto opened = DiskTier::Open(options);
   if (!opened.ok()) {
     std::fprintf(stderr, "open: %s\n", opened.status().ToString().c_str());
@@ -363,11 +403,30 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const int threads = std::max(1, absl::GetFlag(FLAGS_read_threads));
-  std::fprintf(stderr, "fetch-back: 1 thread, then %d\n", threads);
-  r.reads.push_back(FetchBack(*tier, pool, r.pages, r.page_bytes, 1, 2));
-  r.reads.push_back(FetchBack(*tier, pool, r.pages, r.page_bytes, threads, 3));
+  if (absl::GetFlag(FLAGS_fetch_back)) {
+    std::fprintf(stderr, "fetch-back: 1 thread, then %d\n", threads);
+    r.reads.push_back(FetchBack(*tier, pool, r.pages, r.page_bytes, 1, 2));
+    r.reads.push_back(FetchBack(*tier, pool, r.pages, r.page_bytes, threads, 3));
+  }
   r.direct = tier->Statistics()["ihip.direct_io"] != 0;
   tier.reset();
+  if (const std::string log = absl::GetFlag(FLAGS_rocksdb_log); !log.empty()) {
+    // Every info log of the run, oldest first (LOG.old.<micros>, then LOG): the spill's is the
+    // one before the reopen.
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(options.path)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("LOG.old.", 0) == 0) names.push_back(name);
+    }
+    std::sort(names.begin(), names.end());
+    names.push_back("LOG");
+    std::ofstream out(log);
+    for (const std::string& name : names) {
+      std::ifstream in(options.path + "/" + name);
+      out << "==== " << name << "\n" << in.rdbuf();
+    }
+    if (!out) std::fprintf(stderr, "cannot write the RocksDB logs to %s\n", log.c_str());
+  }
 
   PrintTable(r);
   const std::string json_path = absl::GetFlag(FLAGS_json);

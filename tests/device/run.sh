@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, over a copy staged by tests/device/stage.sh
 # (carry [".device"]): the `gpu` tests, then the benchmarks, writing JSON and logs into OUT.
-#   tests/device/run.sh OUT [tests] [sdpa] [cuda] [service] [kvstore]   (default: all)
+#   tests/device/run.sh OUT [tests] [sdpa] [cuda] [service] [kvstore] [disk]
+#   (default: all but disk)
 # IHIP_CUDA_BENCH_FLAGS: extra flags for cuda_decode_bench (e.g. a shorter --contexts list).
 # Prints a short summary last. Every step runs even if an earlier one failed; the exit status
 # is non-zero when any test failed.
@@ -67,6 +68,34 @@ if has kvstore && [ -x "$bin/kvstore_bench" ]; then
   timeout 900 "$bin/kvstore_bench" --dir=/var/tmp/ihip-kvbench --json="$out/kvstore.json" \
     --git_commit="$commit" >> "$log" 2>&1 \
     && summary+=("OK kvstore_bench") || summary+=("ERROR kvstore_bench (see log)")
+fi
+if has disk && [ -x "$bin/disk_tier_bench" ]; then
+  # The spill's RocksDB settings, side by side on this disk (2 GiB each, WAL off as the store's
+  # spills), with each run's RocksDB LOG for the flush timeline; then dd with 4 writers at once
+  # (does the disk scale with queue depth?).
+  mkdir -p /var/tmp/ihip-disk "$out/disk"
+  i=0
+  while read -r name flags; do
+    i=$((i + 1))
+    echo "=== disk_tier_bench $name: $flags" >> "$log"
+    timeout 300 "$bin/disk_tier_bench" --gib=2 --dir=/var/tmp/ihip-disk --wal=false \
+      --fetch_back=false --dd_mib=$([ $i = 1 ] && echo 2048 || echo 0) $flags \
+      --rocksdb_log="$out/disk/$name.LOG" --json="$out/disk/$name.json" >> "$log" 2>&1 \
+      && summary+=("OK disk $name") || summary+=("ERROR disk $name (see log)")
+  done <<'CONFIGS'
+auto
+memtables4 --memtables=4
+buffer32 --write_buffer_mib=32
+jobs32 --jobs=32
+writers2 --writers=2
+CONFIGS
+  echo "=== dd, 4 writers at once" >> "$log"
+  for k in 0 1 2 3; do
+    dd if=/dev/zero of=/var/tmp/ihip-disk/dd$k bs=1M count=1024 oflag=direct >> "$log" 2>&1 &
+  done
+  start=$(date +%s%N); wait; end=$(date +%s%N)
+  echo "4 x 1 GiB with O_DIRECT at once: $(( (end - start) / 1000000 )) ms" >> "$log"
+  rm -f /var/tmp/ihip-disk/dd*
 fi
 echo "=== summary"; printf '%s\n' "${summary[@]}"
 exit $failed

@@ -2,10 +2,11 @@
 # Builds what the GPU machine runs and stages it into .device/ (binaries + their non-CUDA shared
 # libraries, stripped; see ../shared/tools/stage-for-device), with the list of `gpu`-labelled
 # tests. Then call the device tool with carry [".device"] and run tests/device/run.sh there.
-#   tests/device/stage.sh [gpu] [bench] [service]   (default: gpu)
+#   tests/device/stage.sh [gpu] [bench] [service] [disk]   (default: gpu)
 # gpu: the gpu-labelled tests and cuda_decode_bench; bench: cuda_decode_bench alone; service:
 # ihip-server, ihip-kvstore, ihip, kvstore_bench and grpc_floor_bench (with gRPC and RocksDB,
-# ~35 MiB of libraries). gpu + service pass the 64 MiB a device call carries; bench + service fit.
+# ~35 MiB of libraries); disk: kvstore_bench and disk_tier_bench (RocksDB). gpu + service pass
+# the 64 MiB a device call carries; bench + service and gpu + disk fit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${IHIP_BUILD_DIR:-build}
@@ -27,6 +28,9 @@ fi
 if [[ $sets == *" service "* ]]; then
   wanted+=(tests/bench/kvstore_bench tests/bench/grpc_floor_bench services/attention/ihip-server
            services/kvstore/ihip-kvstore services/cli/ihip)
+fi
+if [[ $sets == *" disk "* ]]; then
+  wanted+=(tests/bench/kvstore_bench tests/kvstore/disk_tier_bench)
 fi
 for b in "${wanted[@]}"; do
   [ -x "$build/$b" ] && bins+=("$build/$b")

@@ -341,6 +341,11 @@ TEST_F(DiskTierTest, OpenErrorsAreStatuses) {
   options_.path = dir_ + "/db";
   options_.background_jobs = -1;
   EXPECT_TRUE(absl::IsInvalidArgument(DiskTier::Open(options_).status()));
+  options_.background_jobs = 0;
+  options_.memtables = 1;  // no memtable left to take writes while one flushes
+  EXPECT_TRUE(absl::IsInvalidArgument(DiskTier::Open(options_).status()));
+  options_.memtables = 2;
+  EXPECT_TRUE(DiskTier::Open(options_).ok());
 }
 
 TEST_F(DiskTierTest, SecondOpenOfSamePathFails) {

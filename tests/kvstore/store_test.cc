@@ -286,6 +286,29 @@ TEST_F(StoreTest, SuspendSequenceMovesUnpinnedCommittedPagesToDisk) {
   EXPECT_CONSISTENT();
 }
 
+// A suspend writes spill_batch pages per disk write (one write of a whole sequence would be a
+// batch, and a memtable flushed on one thread, of the sequence's size), byte-exact.
+TEST_F(StoreTest, SuspendSequenceWritesInSpillBatches) {
+  StoreOptions options;
+  options.spill_batch = 3;
+  StartStore(64, true, options);
+  const uint64_t h = Create("long", 2);
+  for (int i = 0; i < 10; ++i) {
+    AppendCommitUnpin(0, h, 0);
+    AppendCommitUnpin(0, h, 1);
+  }
+  const uint64_t writes_before = disk_->Statistics()["rocksdb.write.self"];
+  ASSERT_TRUE(store_->SuspendSequence(h).ok());
+  const uint64_t writes = disk_->Statistics()["rocksdb.write.self"] - writes_before;
+  EXPECT_EQ(writes, 7u);  // 20 pages, 3 per write
+  EXPECT_EQ(store_->GetSequence(h)->pages_disk_only, 20u);
+  EXPECT_EQ(store_->Stats().spill_bytes, 20u * kPageBytes);
+  EXPECT_CONSISTENT();
+  ExpectPages(0, h, 0, 0, 10);
+  ExpectPages(0, h, 1, 0, 10);
+  EXPECT_CONSISTENT();
+}
+
 TEST_F(StoreTest, DropSequenceFreesEverything) {
   StartStore(16);
   const uint64_t h = Create("d", 2), keep = Create("keep");
