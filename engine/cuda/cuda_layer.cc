@@ -211,7 +211,6 @@ absl::Status CudaLayer::EnsureDecode(const LayerConfig& cfg, int64_t kv_length) 
                                                 model_.head_dim, ElemType(int(geometry_.dtype)),
                                                 max_keys, ctx_->num_sms(), &attn_plan_));
   IHIP_RETURN_IF_ERROR(attn_ws_.Reserve(std::max<size_t>(attn_plan_.workspace_bytes, 256)));
-  IHIP_CUDA_RETURN_IF_ERROR(InitDecodeAttentionWorkspace(attn_ws_.get(), attn_ws_.bytes(), 0));
   return absl::OkStatus();
 }
 
@@ -240,6 +239,8 @@ absl::Status CudaLayer::RecordDecode(int from, cudaStream_t s) {
   ap.num_blocks = mask_.num_blocks;
   ap.sink_tokens = decode_plan_->cfg.sink_tokens;
   ap.window_tokens = decode_plan_->cfg.window_tokens;
+  ap.split_keys = attn_plan_.split_keys;
+  ap.max_blocks = mask_.block_capacity;
   IHIP_CUDA_RETURN_IF_ERROR(LaunchDecodeAttention(ap, s));
   IHIP_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(h_o_.get(), d_o_.get(), qo_bytes, cudaMemcpyDeviceToHost, s));
@@ -312,12 +313,7 @@ absl::Status CudaLayer::DenseDecode(const LayerStep& step, cudaStream_t s, Atten
                                                 model_.head_dim, ElemType(int(geometry_.dtype)),
                                                 p + 1, ctx_->num_sms(), &plan));
   const size_t ws_bytes = std::max<size_t>(plan.workspace_bytes, 256);
-  void* before = dense_ws_.get();
   IHIP_RETURN_IF_ERROR(dense_ws_.Reserve(ws_bytes));
-  if (dense_ws_.get() != before || dense_ws_zeroed_ == 0) {
-    IHIP_CUDA_RETURN_IF_ERROR(InitDecodeAttentionWorkspace(dense_ws_.get(), dense_ws_.bytes(), s));
-    dense_ws_zeroed_ = dense_ws_.bytes();
-  }
   const size_t q_floats = size_t(model_.num_q_heads) * model_.head_dim;
   std::memcpy(h_q_.get(), step.q, q_floats * sizeof(float));
   *h_step_.as<StepScalars>() = StepScalars{p, step.kv_length, p, p};

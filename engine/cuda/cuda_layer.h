@@ -122,7 +122,6 @@ class CudaLayer final : public LayerBackendState {
 
   // Dense decode and prefill scratch.
   DeviceBuffer dense_ws_;
-  size_t dense_ws_zeroed_ = 0;
   DeviceBuffer pf_q_, pf_o_, pf_pooled_, pf_pos_, pf_step_, pf_blocks_, pf_counts_, pf_ws_;
 };
 

@@ -38,8 +38,7 @@ constexpr size_t kAlign = 256;
 
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// Workspace layout: counters [Hq] ints | partial (m, l) [splits][Hq] | acc [splits][Hq][D].
-size_t CountersBytes(int num_q_heads) { return AlignUp(size_t(num_q_heads) * sizeof(int)); }
+// Workspace layout: partial (m, l) [splits][Hq] | acc [splits][Hq][D].
 size_t MlBytes(int num_q_heads, int splits) {
   return AlignUp(size_t(splits) * num_q_heads * sizeof(float2));
 }
@@ -199,25 +198,21 @@ cudaError_t BuildKernelParams(const DecodeAttentionParams& in, da::KernelParams*
   p.out_dtype = in.out_dtype;
   p.out_lse = in.out_lse;
   p.num_splits = in.num_splits;
+  p.split_keys = in.dense ? 0 : std::max<int64_t>(0, in.split_keys);
+  p.max_blocks = in.dense ? 0 : std::max(0, in.max_blocks);
+  p.trace = in.trace;
   auto* ws = static_cast<uint8_t*>(in.workspace);
-  p.counters = reinterpret_cast<int*>(ws);
-  p.partial_ml = ws ? reinterpret_cast<float2*>(ws + CountersBytes(in.num_q_heads)) : nullptr;
-  p.partial_acc = ws ? reinterpret_cast<float*>(ws + CountersBytes(in.num_q_heads) +
-                                                MlBytes(in.num_q_heads, in.num_splits))
-                     : nullptr;
+  p.partial_ml = reinterpret_cast<float2*>(ws);
+  p.partial_acc =
+      ws ? reinterpret_cast<float*>(ws + MlBytes(in.num_q_heads, in.num_splits)) : nullptr;
   return cudaSuccess;
 }
 
 }  // namespace
 
 size_t DecodeAttentionWorkspaceBytes(int num_q_heads, int head_dim, int num_splits) {
-  return CountersBytes(num_q_heads) + MlBytes(num_q_heads, num_splits) +
+  return MlBytes(num_q_heads, num_splits) +
          size_t(num_splits) * num_q_heads * head_dim * sizeof(float);
-}
-
-cudaError_t InitDecodeAttentionWorkspace(void* workspace, size_t bytes, cudaStream_t stream) {
-  if (workspace == nullptr || bytes == 0) return cudaErrorInvalidValue;
-  return cudaMemsetAsync(workspace, 0, bytes, stream);
 }
 
 cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, ElemType kv_dtype,
@@ -236,7 +231,8 @@ cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, Ele
   // One wave: every block resident at once, so no SM idles through a second, partial wave (the
   // occupancy of launches without RoPE; RoPE launches of the tensor-core kernel use a little
   // more shared memory). Short key lists: splits of at most kStages full tiles (all in flight
-  // from the start), as many as make a whole multiple of the SMs busy.
+  // from the start), as many as make a whole multiple of the SMs busy, but no more than the
+  // merge kernel loads at once (kMergeChunk; a second chunk is a second memory round trip).
   const int64_t head_groups = num_q_heads / heads;
   const int64_t wave = std::max<int64_t>(1, int64_t(per_sm) * num_sms / head_groups);
   const int64_t split_keys = int64_t(da::kStages) * k.tile_keys;
@@ -244,8 +240,13 @@ cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, Ele
   if (splits < wave) {
     const int64_t blocks = (splits * head_groups + num_sms - 1) / num_sms * num_sms;
     splits = std::min(wave, (blocks + head_groups - 1) / head_groups);
+    splits = std::max<int64_t>(std::min<int64_t>(splits, da::kMergeChunk),
+                               (max_keys + split_keys - 1) / split_keys);
   }
   plan->num_splits = int(std::clamp<int64_t>(std::min(wave, splits), 1, da::kMaxSplits));
+  // Keys per split for sparse launches (DecodeAttentionParams::split_keys): equal shares of
+  // max_keys, multiples of 8.
+  plan->split_keys = ((max_keys + plan->num_splits - 1) / plan->num_splits + 7) / 8 * 8;
   plan->heads_per_block = heads;
   plan->workspace_bytes = DecodeAttentionWorkspaceBytes(num_q_heads, head_dim, plan->num_splits);
   return cudaSuccess;
@@ -263,8 +264,31 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& params, cudaStrea
   const dim3 grid(unsigned(kp.num_splits), unsigned(params.num_q_heads / heads));
   void* args[] = {&kp};
   const int smem = k.smem_bytes + (kp.inv_freq != nullptr ? k.rope_smem_bytes : 0);
-  return cudaLaunchKernel(reinterpret_cast<const void*>(k.fn), grid, dim3(da::kThreads), args,
-                          size_t(smem), stream);
+  err = cudaLaunchKernel(reinterpret_cast<const void*>(k.fn), grid, dim3(da::kThreads), args,
+                         size_t(smem), stream);
+  if (err != cudaSuccess || kp.num_splits == 1) return err;
+  // The merge, as a programmatic dependent: its blocks are scheduled while the attention grid
+  // runs (that grid allows it at its start) and wait in griddepcontrol.wait for its completion
+  // and memory, so the launch gap between the two kernels is hidden. Captures into graphs as a
+  // programmatic edge.
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(params.num_q_heads));
+  cfg.blockDim = dim3(da::kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  switch (params.kv.head_dim) {
+    case 64:
+      return cudaLaunchKernelEx(&cfg, &da::MergeSplitsKernel<64>, kp);
+    case 128:
+      return cudaLaunchKernelEx(&cfg, &da::MergeSplitsKernel<128>, kp);
+    default:
+      return cudaLaunchKernelEx(&cfg, &da::MergeSplitsKernel<256>, kp);
+  }
 }
 
 }  // namespace ihip::engine::cuda

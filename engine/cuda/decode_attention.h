@@ -4,17 +4,16 @@
 // (DESIGN §3.5), dense (keys [0, p] at their true positions: the GPU oracle and the honest dense
 // baseline) or sparse (the key set and RoPE positions of engine/hip/mask.h SparseRuns). The
 // query heads of one GQA group share a thread block and the keys it loads; each split takes a
-// contiguous share of the attended keys, writes a partial (m, l, acc) and the last block of a
-// head group to finish merges the splits by log-sum-exp (no second kernel). 16-bit and fp8
+// contiguous share of the attended keys and writes a partial (m, l, acc); a second kernel,
+// launched as a programmatic dependent (PDL), merges the splits by log-sum-exp. 16-bit and fp8
 // storage run on tensor cores (mma.sync; q, rotated keys and, for fp32 output, the softmax
 // weights carried as two 16-bit pieces, so fp32 output stays within ~1e-5 of fp32 arithmetic;
 // 16-bit output rounds the weights to 16 bits once); fp32 storage on CUDA cores.
 //
-// Plan once per shape (PlanDecodeAttention), zero the workspace once
-// (InitDecodeAttentionWorkspace), then launch as often as needed: the launch allocates nothing,
-// never synchronizes, and reads everything that changes between decode steps (p, anchor, the
-// selected blocks and their count) from device memory, so a captured CUDA graph replays with new
-// values. One workspace serves one launch at a time (its merge counters reset themselves).
+// Plan once per shape (PlanDecodeAttention), then launch as often as needed: the launch
+// allocates nothing, never synchronizes, and reads everything that changes between decode steps
+// (p, anchor, the selected blocks and their count) from device memory, so a captured CUDA graph
+// replays with new values. One workspace serves one launch at a time.
 // Thread-safe: the functions hold no state.
 
 #include <cuda_runtime_api.h>
@@ -42,13 +41,26 @@ struct DecodeAttentionParams {
   ElemType out_dtype = ElemType::kBF16;  // kF32, kF16 or kBF16
   float* out_lse = nullptr;              // device [Hq], nullable: natural-log log-sum-exp of the
                                          // scaled logits of the attended keys
-  void* workspace = nullptr;             // device, >= DecodeAttentionWorkspaceBytes(Hq, D, splits),
-                                         // zeroed once; may be null when num_splits == 1
+  void* workspace = nullptr;             // device, >= DecodeAttentionWorkspaceBytes(Hq, D, splits);
+                                         // may be null when num_splits == 1
   int num_splits = 1;                    // >= 1, normally DecodeAttentionPlan::num_splits
+  // Sparse, optional (16-bit and fp8 storage): the plan's split_keys and the capacity of
+  // `blocks`. With both set, split s takes entries [s * split_keys, +split_keys) whenever the
+  // step's key list fits (else equal shares) and loads its first selected blocks together with
+  // the step scalars: one memory round trip less before its KV copies start.
+  int64_t split_keys = 0;
+  int max_blocks = 0;
+  // Experiments only (cuda_decode_bench --trace): device [blocks][kTraceSlots] u64, each block's
+  // globaltimer at start/end and clock64 at its phases (layout: kernels/decode_attention_mma.cuh
+  // TraceSlot). Null in production: the kernel then records nothing.
+  unsigned long long* trace = nullptr;
 };
+
+inline constexpr int kDecodeTraceSlots = 16;
 
 struct DecodeAttentionPlan {
   int num_splits = 1;          // thread blocks per head group
+  int64_t split_keys = 0;      // keys per split over max_keys (sparse launches' split_keys)
   int heads_per_block = 1;     // query heads sharing one thread block (a divisor of the group)
   size_t workspace_bytes = 0;  // for num_splits
 };
@@ -62,13 +74,11 @@ struct DecodeAttentionPlan {
 cudaError_t PlanDecodeAttention(int num_q_heads, int kv_heads, int head_dim, ElemType kv_dtype,
                                 int64_t max_keys, int num_sms, DecodeAttentionPlan* plan);
 
-// Workspace bytes for `num_splits` splits: merge counters, then per split and query head the
-// partial (m, l) and accumulator [D]. A workspace sized for S splits serves any launch with
+// Workspace bytes for `num_splits` splits: per split and query head the partial (m, l) and
+// accumulator [D]. A workspace sized for S splits serves any launch with
 // num_splits <= S.
 size_t DecodeAttentionWorkspaceBytes(int num_q_heads, int head_dim, int num_splits);
 
-// Zeroes a workspace (its merge counters must start at zero; each launch leaves them at zero).
-cudaError_t InitDecodeAttentionWorkspace(void* workspace, size_t bytes, cudaStream_t stream);
 
 // Enqueues the attention on `stream`. Group sizes Hq/Hkv of 1, 2, 4 and 8 share each kv head's
 // keys across the whole group in one thread block; any other group runs in sub-groups of the

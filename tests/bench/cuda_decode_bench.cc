@@ -15,6 +15,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/cuda/cuda_layer.h"
@@ -55,6 +57,12 @@ ABSL_FLAG(int, prefill_chunk, 32768, "prefill chunk (tokens) at the end of the c
 ABSL_FLAG(int, prefill_reps, 3, "timed prefill runs");
 ABSL_FLAG(int, sparse_splits, 0,
           "override the sparse attention's split count (0 = the plan's; experiments)");
+ABSL_FLAG(bool, speculate, true,
+          "sparse launches with split_keys and max_blocks (the engine's way); false: equal "
+          "shares, selected blocks loaded after the step scalars");
+ABSL_FLAG(bool, trace, false,
+          "also launch each batch's cached-mask step with per-block phase timestamps and print "
+          "where its time goes (needs a build with -DIHIP_DECODE_TRACE=ON)");
 ABSL_FLAG(std::string, json, "", "write the results as JSON here");
 ABSL_FLAG(std::string, markdown, "", "also write the report here");
 ABSL_FLAG(std::string, git_commit, "", "commit to record (default: ask git)");
@@ -151,6 +159,7 @@ struct DecodeItem {
   float *q = nullptr, *o = nullptr, *lse = nullptr;
   cu::StepScalars* step = nullptr;
   int64_t* pos = nullptr;
+  unsigned long long* trace = nullptr;  // --trace: the sparse launches' phase timestamps
 
   DecodeItem(const GpuKv* k, const LayerConfig& cfg, const std::vector<float>& q_host, int sms)
       : kv(k) {
@@ -174,8 +183,6 @@ struct DecodeItem {
                                        &dense_plan));
     sparse_ws = DeviceAlloc<uint8_t>(sparse_plan.workspace_bytes);
     dense_ws = DeviceAlloc<uint8_t>(dense_plan.workspace_bytes);
-    CHECK_CUDA(cu::InitDecodeAttentionWorkspace(sparse_ws, sparse_plan.workspace_bytes, 0));
-    CHECK_CUDA(cu::InitDecodeAttentionWorkspace(dense_ws, dense_plan.workspace_bytes, 0));
     q = DeviceAlloc<float>(kHq * kD);
     o = DeviceAlloc<float>(kHq * kD);
     lse = DeviceAlloc<float>(kHq);
@@ -217,6 +224,13 @@ struct DecodeItem {
     ap.num_splits = ap.dense ? dense_plan.num_splits : sparse_plan.num_splits;
     if (!ap.dense && absl::GetFlag(FLAGS_sparse_splits) > 0) {
       ap.num_splits = std::min(absl::GetFlag(FLAGS_sparse_splits), sparse_plan.num_splits);
+    }
+    if (!ap.dense) {
+      ap.trace = trace;
+      if (absl::GetFlag(FLAGS_speculate)) {
+        ap.split_keys = sparse_plan.split_keys;
+        ap.max_blocks = mask.block_capacity;
+      }
     }
     CHECK_CUDA(cu::LaunchDecodeAttention(ap, s));
   }
@@ -299,6 +313,134 @@ struct Timer {
     return Summarize(ms);
   }
 };
+
+// The launch floor: a graph of one 4-byte memset, timed like every step (L2 flush, events).
+Stats LaunchFloor(Timer& timer) {
+  void* d = DeviceAlloc<uint8_t>(256);
+  cudaStream_t s = timer.streams[0];
+  CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  CHECK_CUDA(cudaMemsetAsync(d, 0, 4, s));
+  cudaGraph_t g;
+  CHECK_CUDA(cudaStreamEndCapture(s, &g));
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaGraphInstantiate(&exec, g, 0));
+  CHECK_CUDA(cudaGraphDestroy(g));
+  const Stats st = timer.Time(exec, 50, 5);
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  cudaFree(d);
+  return st;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// --trace: the cached-mask step of every item launched with phase timestamps (kernels/
+// decode_attention_common.cuh TraceSlot), on the items' streams as in the timed graphs, after an
+// L2 flush; prints where a block's time goes, when blocks start and end relative to the first
+// block's start, and how many blocks are running over time.
+void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const LayerConfig& cfg,
+                 Timer& timer) {
+  const int slots = cu::kDecodeTraceSlots;
+  std::vector<int> counts;
+  for (auto& it : items) {
+    const int blocks = it->sparse_plan.num_splits * (kHq / it->sparse_plan.heads_per_block);
+    counts.push_back(blocks);
+    it->trace = DeviceAlloc<unsigned long long>(size_t(blocks) * slots);
+  }
+  cudaStream_t main = timer.streams[0];
+  float ms = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    for (size_t i = 0; i < items.size(); ++i) {
+      CHECK_CUDA(cudaMemsetAsync(items[i]->trace, 0, size_t(counts[i]) * slots * 8, main));
+    }
+    CHECK_CUDA(cudaMemsetAsync(timer.flush, rep & 0xff, timer.flush_bytes, main));
+    CHECK_CUDA(cudaEventRecord(timer.start, main));
+    CHECK_CUDA(cudaEventRecord(timer.fork[0], main));
+    for (size_t i = 1; i < items.size(); ++i) {
+      CHECK_CUDA(cudaStreamWaitEvent(timer.streams[i], timer.fork[0]));
+    }
+    for (size_t i = 0; i < items.size(); ++i) items[i]->Record(0, cfg, timer.streams[i]);
+    for (size_t i = 1; i < items.size(); ++i) {
+      CHECK_CUDA(cudaEventRecord(timer.fork[i], timer.streams[i]));
+      CHECK_CUDA(cudaStreamWaitEvent(main, timer.fork[i]));
+    }
+    CHECK_CUDA(cudaEventRecord(timer.stop, main));
+    CHECK_CUDA(cudaEventSynchronize(timer.stop));
+    CHECK_CUDA(cudaEventElapsedTime(&ms, timer.start, timer.stop));
+  }
+  std::vector<std::array<double, 16>> rows;
+  for (size_t i = 0; i < items.size(); ++i) {
+    std::vector<unsigned long long> t(size_t(counts[i]) * slots);
+    CHECK_CUDA(cudaMemcpy(t.data(), items[i]->trace, t.size() * 8, cudaMemcpyDeviceToHost));
+    cudaFree(items[i]->trace);
+    items[i]->trace = nullptr;
+    for (int b = 0; b < counts[i]; ++b) {
+      std::array<double, 16> r;
+      for (int k = 0; k < 16; ++k) r[k] = double(t[size_t(b) * slots + k]);
+      rows.push_back(r);
+    }
+  }
+  if (rows.empty() || rows[0][0] == 0) {
+    std::printf("\n--trace: no timestamps (build with -DIHIP_DECODE_TRACE=ON)\n");
+    return;
+  }
+  // Cycles -> ns from each block's own globaltimer span.
+  std::vector<double> ns_per_cycle;
+  double t0 = 1e300;
+  for (const auto& r : rows) {
+    const double cyc = r[9] - r[1], ns = r[10] - r[0];
+    if (cyc > 0 && ns > 0) ns_per_cycle.push_back(ns / cyc);
+    if (r[0] > 0) t0 = std::min(t0, r[0]);
+  }
+  const double k = Median(ns_per_cycle);
+  double last_start = 0, last_end = 0;
+  std::vector<double> starts, ends, lives;
+  for (const auto& r : rows) {
+    starts.push_back((r[0] - t0) / 1e3);
+    ends.push_back((r[10] - t0) / 1e3);
+    lives.push_back((r[10] - r[0]) / 1e3);
+    last_start = std::max(last_start, starts.back());
+    last_end = std::max(last_end, ends.back());
+  }
+  std::printf("\n### --trace: cached-mask step, batch %zu, %zu blocks (%d splits each), eager "
+              "launch %.1f us between events; blocks start over %.2f us, the last ends %.2f us "
+              "after the first starts; block lifetime median %.2f us; %.3f ns per clock\n\n",
+              items.size(), rows.size(), items[0]->sparse_plan.num_splits, ms * 1e3, last_start,
+              last_end, Median(lives), k);
+  std::printf("| phase (us) | median | max | blocks |\n|---|---|---|---|\n");
+  // (from, to, name): the stamps of kernels/decode_attention_common.cuh TraceSlot.
+  const struct {
+    int from, to;
+    const char* name;
+  } phases[] = {{1, 2, "step scalars + block count"}, {2, 3, "rows resolved, q staged"},
+                {3, 4, "tile 0 arrived"},             {4, 5, "rest of the tiles"},
+                {5, 6, "warp states merged"},         {6, 7, "partial written"},
+                {1, 9, "whole block"}};
+  for (const auto& ph : phases) {
+    std::vector<double> d;
+    for (const auto& r : rows) {
+      if (r[ph.to] == 0 || r[ph.from] == 0) continue;
+      d.push_back((r[ph.to] - r[ph.from]) * k / 1e3);
+    }
+    if (d.empty()) continue;
+    std::printf("| %s | %.2f | %.2f | %zu |\n", ph.name, Median(d),
+                *std::max_element(d.begin(), d.end()), d.size());
+  }
+  std::printf("\nblock start after the first: median %.2f us; block end: median %.2f us, "
+              "max %.2f us\n",
+              Median(starts), Median(ends), last_end);
+  // Blocks running, sampled every microsecond.
+  std::string hist;
+  for (double x = 0; x <= last_end; x += 1.0) {
+    int n = 0;
+    for (size_t b = 0; b < starts.size(); ++b) n += starts[b] <= x && ends[b] > x;
+    absl::StrAppendFormat(&hist, "%s%d", hist.empty() ? "" : " ", n);
+  }
+  std::printf("blocks running at each microsecond: %s\n", hist.c_str());
+}
 
 double CopyBandwidthGBs(Timer& timer) {
   const size_t bytes = size_t(4) << 30;
@@ -420,6 +562,7 @@ DecodeRow RunDecode(int64_t context, int batch, Timer& timer, int sms) {
     row.variants.push_back(timer.Time(g, std::max(5, r), warmup));
     CHECK_CUDA(cudaGraphExecDestroy(g));
   }
+  if (absl::GetFlag(FLAGS_trace)) TraceSparse(items, cfg, timer);
   const std::vector<int64_t> blocks = items[0]->Blocks();
   row.attended_keys = engine::CountKeys(engine::SparseRuns(context - 1, context - 1, cfg, blocks));
   const double kv_bytes_per_key = 2.0 * kRowBytes;
@@ -597,14 +740,15 @@ PrefillRow RunPrefill(int64_t context, int chunk, Timer& timer, int sms) {
   return row;
 }
 
-void Report(const RunInfo& info, const std::string& device, double copy_gbs,
+void Report(const RunInfo& info, const std::string& device, double copy_gbs, double floor_ms,
             const std::vector<DecodeRow>& rows, const std::vector<std::pair<double, double>>& curve,
             int64_t curve_context, const std::vector<PrefillRow>& prefill) {
   std::string md = absl::StrFormat(
       "# cuda_decode_bench\n\n- date %s; commit `%s`; %s\n- command: `%s`\n- device-to-device "
-      "copy: %.0f GB/s (bytes read + written)\n- one layer, Hq 32, Hkv 8, D 128, bf16 KV, RoPE "
+      "copy: %.0f GB/s (bytes read + written)\n- launch floor: a graph of one 4-byte memset, "
+      "timed like the steps: %.4f ms\n- one layer, Hq 32, Hkv 8, D 128, bf16 KV, RoPE "
       "none, preset 3K; each time = median of graph replays after an L2 flush (ms)\n\n",
-      info.date_utc, info.git_commit, device, info.command, copy_gbs);
+      info.date_utc, info.git_commit, device, info.command, copy_gbs, floor_ms);
   md += "| context | batch | cached | from 3 | from 2 | full | dense | paper avg | fast avg | "
         "flash avg | dense / flash | sparse attn GB/s | dense GB/s (% of copy) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -649,6 +793,7 @@ void Report(const RunInfo& info, const std::string& device, double copy_gbs,
   j.BeginObject().Key("run");
   WriteRunInfo(info, j);
   j.Key("device").String(device).Key("copy_gb_per_s").Number(copy_gbs);
+  j.Key("launch_floor_ms").Number(floor_ms);
   j.Key("decode").BeginArray();
   const char* names[] = {"cached", "from_stage_1", "from_stage_2", "from_stage_3", "dense"};
   for (const DecodeRow& r : rows) {
@@ -697,7 +842,9 @@ int Main(int argc, char** argv) {
   const std::vector<int64_t> batches = ParseInts(absl::GetFlag(FLAGS_batches));
   Timer timer(int(*std::max_element(batches.begin(), batches.end())));
   const double copy = CopyBandwidthGBs(timer);
-  std::fprintf(stderr, "%s; copy %.0f GB/s\n", device.c_str(), copy);
+  const double floor_ms = LaunchFloor(timer).median;
+  std::fprintf(stderr, "%s; copy %.0f GB/s; launch floor %.4f ms\n", device.c_str(), copy,
+               floor_ms);
   std::vector<DecodeRow> rows;
   for (int64_t batch : batches) {
     for (int64_t context : ParseInts(absl::GetFlag(FLAGS_contexts))) {
@@ -719,7 +866,7 @@ int Main(int argc, char** argv) {
         RunPrefill(context, absl::GetFlag(FLAGS_prefill_chunk), timer, prop.multiProcessorCount));
     progress.Done();
   }
-  Report(info, device, copy, rows, curve, curve_context, prefill);
+  Report(info, device, copy, floor_ms, rows, curve, curve_context, prefill);
   return 0;
 }
 

@@ -10,6 +10,10 @@ set -uo pipefail
 out=${1:?usage: tests/device/run.sh OUT [steps...]}; shift
 steps=${*:-tests sdpa cuda service kvstore}
 mkdir -p "$out"
+# stage.sh packs the binaries and libraries into one archive.
+if [ -f .device/pack.tar.xz ] && [ ! -d .device/bin ]; then
+  (cd .device && xz -dc pack.tar.xz | tar xf -)
+fi
 export LD_LIBRARY_PATH=$PWD/.device/lib:/usr/local/cuda/lib64
 bin=$PWD/.device/bin
 # The commit staged (git on this machine may see another HEAD than the one built).

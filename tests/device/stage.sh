@@ -44,4 +44,11 @@ else
   : > .device/gpu_tests.txt
 fi
 git rev-parse --short HEAD > .device/commit
+# Fatbins compress well (78 MB -> 13 MB): the call carries one xz archive, run.sh unpacks it.
+# Extra binaries may be added before packing with IHIP_STAGE_EXTRA="path[:name] ...".
+for extra in ${IHIP_STAGE_EXTRA:-}; do
+  src=${extra%%:*}; name=${extra#*:}; [ "$name" = "$extra" ] && name=$(basename "$src")
+  cp "$src" ".device/bin/$name" && strip ".device/bin/$name"
+done
+(cd .device && tar cf - bin lib | xz -T2 -3 > pack.tar.xz && rm -rf bin lib)
 du -sh .device

@@ -307,6 +307,7 @@ __global__ void __launch_bounds__(kThreads, (Config<kStore, kHeadDim, kHeads>::k
   const int head0 = blockIdx.y * kHeads;
   const int kv_head = head0 / p.group;
   const bool rope = p.inv_freq != nullptr;
+  AllowDependents();
 
   const KeySpace ks = LoadKeySpace(p);
   int64_t begin, end;

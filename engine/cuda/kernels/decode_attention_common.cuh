@@ -17,7 +17,8 @@ namespace ihip::engine::cuda::decode_attention {
 inline constexpr int kThreads = 128;
 inline constexpr int kWarps = kThreads / 32;
 inline constexpr int kStages = 2;       // key tiles in flight per block (one being computed)
-inline constexpr int kMaxSplits = 256;  // the merge keeps [kHeads][splits] scales in smem
+inline constexpr int kMaxSplits = 256;  // the merge kernel keeps a scale per split in smem
+inline constexpr int kMergeChunk = 32;  // splits whose accumulators the merge loads at once
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
@@ -44,10 +45,66 @@ struct KernelParams {
   ElemType out_dtype;      // kF32, kF16, kBF16
   float* out_lse;          // device [Hq] natural-log LSE, or null
   int num_splits;          // gridDim.x, <= kMaxSplits
-  int* counters;           // device [Hq / kHeads] merge counters (zero between launches)
+  int64_t split_keys;      // sparse: keys per split when the key list fits, 0: equal shares
+  int max_blocks;          // sparse: entries of `blocks` readable (speculative loads), or 0
   float2* partial_ml;      // device [num_splits][Hq]: (m in log2 units, l)
   float* partial_acc;      // device [num_splits][Hq][D]: unnormalized accumulators
+  unsigned long long* trace;  // experiments: per-block phase timestamps, or null
 };
+
+// ---- Experiment trace (DecodeAttentionParams::trace) ----
+
+enum TraceSlot : int {
+  kTraceStartNs = 0,   // globaltimer at block start
+  kTraceStart = 1,     // clock64 at block start, then the phases below
+  kTraceKeySpace = 2,  // step scalars and block count loaded
+  kTraceResolved = 3,  // first tiles' rows resolved and published, q staged
+  kTraceArrived = 4,   // tile 0 in shared memory
+  kTraceLoopEnd = 5,   // every tile computed
+  kTraceStateEnd = 6,  // the warps' states merged
+  kTracePartial = 7,   // partial written (split launches)
+  kTraceEnd = 9,       // the block's last stamp
+  kTraceEndNs = 10,    // globaltimer at block end
+  kTraceSm = 12,
+  kTraceTiles = 13,
+};
+
+// Compiled in only with -DIHIP_DECODE_TRACE (CMake option IHIP_DECODE_TRACE, experiment builds):
+// the stamps add code to a kernel whose cost is partly its code size.
+#ifdef IHIP_DECODE_TRACE
+__device__ __forceinline__ unsigned long long* TraceRow(const KernelParams& p) {
+  return p.trace + (uint64_t(blockIdx.y) * gridDim.x + blockIdx.x) * 16;
+}
+
+// Thread 0 records `slot` once `dep` is available (the branch on it waits for its load).
+__device__ __forceinline__ void Stamp(const KernelParams& p, int slot, long long dep = 0) {
+  if (p.trace == nullptr || threadIdx.x != 0) return;
+  unsigned long long* row = TraceRow(p);
+  if (dep == 0x7edcba9876543210ll) row[15] = 1;  // never: makes the stamp wait for `dep`
+  unsigned long long t;
+  if (slot == kTraceStartNs || slot == kTraceEndNs) {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } else {
+    t = clock64();
+  }
+  row[slot] = t;
+}
+
+// Thread 0 records a value (not a time).
+__device__ __forceinline__ void StampValue(const KernelParams& p, int slot, unsigned long long v) {
+  if (p.trace != nullptr && threadIdx.x == 0) TraceRow(p)[slot] = v;
+}
+
+__device__ __forceinline__ unsigned SmId() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+#else
+__device__ __forceinline__ void Stamp(const KernelParams&, int, long long = 0) {}
+__device__ __forceinline__ void StampValue(const KernelParams&, int, unsigned long long) {}
+__device__ __forceinline__ unsigned SmId() { return 0; }
+#endif
 
 template <ElemType kStore>
 inline constexpr int kElemBytes = kStore == ElemType::kF32                                  ? 4
@@ -110,21 +167,16 @@ struct SharedStorage {
   union {
     Tile ring[kStages];
     float cta_acc[kWarps][Cfg::kHeads][Cfg::kDim];  // per-warp accumulators of the block
-  };  // the merge reuses the ring for the partial accumulators of a round of splits
-  union {
-    struct {
-      int64_t pos[kStages][Cfg::kTile];    // RoPE position of each entry; -1: masked
-      alignas(16) float score[Cfg::kTile][Cfg::kHeads];  // logits (log2 units), then weights
-    } tile;
-    float merge_scale[Cfg::kHeads][kMaxSplits];  // the merge: each split's factor per head
   };
+  struct {
+    int64_t pos[kStages][Cfg::kTile];    // RoPE position of each entry; -1: masked
+    alignas(16) float score[Cfg::kTile][Cfg::kHeads];  // logits (log2 units), then weights
+  } tile;
   double inv_freq[Cfg::kDim / 2];  // RoPE frequencies (read per use: saves registers)
   float run_m[Cfg::kHeads];        // the block's running max (log2 units) per head
   float run_l[Cfg::kHeads];        // and sum of weights
   float corr[Cfg::kHeads];         // the current tile's rescale factor of the accumulators
-  int is_last;
 
-  static constexpr int kRingBytes = int(sizeof(ring));
 };
 
 // ---- Integer division ----
@@ -271,8 +323,10 @@ struct KeySpace {
   const int64_t* blocks = nullptr;
   bool dense = true;
 
-  // Entry v -> token t and RoPE position; false for a masked slot.
-  __device__ __forceinline__ bool Map(int64_t v, int64_t* t, int64_t* pos) const {
+  // Entry v -> token t and RoPE position; false for a masked slot. `block`: the entry's selected
+  // block when already loaded (the prologue's speculation), else -1.
+  __device__ __forceinline__ bool Map(int64_t v, int64_t* t, int64_t* pos,
+                                      int64_t block = -1) const {
     if (dense) {
       *t = v;
       *pos = v;
@@ -285,7 +339,8 @@ struct KeySpace {
     }
     if (v < selected_end) {
       const int64_t slot = v - sink_end;  // 8 * m + j
-      const int64_t tok = __ldg(blocks + (slot >> 3)) * 8 + (slot & 7);
+      const int64_t b = block >= 0 ? block : __ldg(blocks + (slot >> 3));
+      const int64_t tok = b * 8 + (slot & 7);
       *t = tok;
       *pos = max(int64_t{0}, selected_base + slot);
       return tok >= sink && tok < window_begin;
@@ -317,10 +372,13 @@ __device__ __forceinline__ KeySpace LoadKeySpace(const KernelParams& p) {
   return ks;
 }
 
-// Entries [begin, end) of the key list for split `s`: equal shares, multiples of 8.
+// Entries [begin, end) of the key list for split `s`: `fixed` per split when the list fits
+// (fixed > 0), else equal shares, multiples of 8.
 __device__ __forceinline__ void SplitRange(int64_t total, int s, int splits, int64_t* begin,
-                                           int64_t* end) {
-  const int64_t share = (Div(total + splits - 1, splits) + 7) / 8 * 8;
+                                           int64_t* end, int64_t fixed = 0) {
+  const int64_t share = fixed > 0 && total <= fixed * splits
+                            ? fixed
+                            : (Div(total + splits - 1, splits) + 7) / 8 * 8;
   *begin = min(total, s * share);
   *end = min(total, *begin + share);
 }

@@ -30,10 +30,10 @@ struct KeyRow {
 
 template <class Cfg>
 __device__ __forceinline__ KeyRow ResolveKey(const KernelParams& p, const KeySpace& ks, int64_t v,
-                                             int64_t end, int kv_head) {
+                                             int64_t end, int kv_head, int64_t block = -1) {
   KeyRow r;
   int64_t tok = 0, pos = 0;
-  if (v >= end || !ks.Map(v, &tok, &pos)) return r;
+  if (v >= end || !ks.Map(v, &tok, &pos, block)) return r;
   const int64_t page = p.page_shift >= 0 ? tok >> p.page_shift : Div(tok, p.page_tokens);
   const int64_t in_page = tok - page * p.page_tokens;
   const auto* base = reinterpret_cast<const uint8_t*>(
@@ -75,43 +75,67 @@ __device__ __forceinline__ void IssueMmaTile(const KernelParams& p, int t,
 
 // ---- Setup ----
 
-// inv_freq into smem, run state, and q (rotated at p, times log2(e), hi / lo 16-bit pieces,
-// rows >= heads zero) into sm.tile.q.
+// q in two steps, so that its loads fly with the step scalars': LoadQuery at the kernel's start
+// (each thread dims d, d + 1 of both halves of its items' rows, rows >= heads zero), then
+// StoreQuery (inv_freq into smem, q rotated at p, times log2(e), as hi / lo 16-bit pieces into
+// sm.tile.q).
+template <class Cfg>
+struct QueryRegs {
+  static constexpr int kHalf = Cfg::kDim / 2;
+  static constexpr int kItems = (Cfg::kHeads * kHalf / 2 + kThreads - 1) / kThreads;
+  float2 x[kItems], y[kItems];
+};
+
+template <class Cfg>
+__device__ __forceinline__ QueryRegs<Cfg> LoadQuery(const KernelParams& p, int head0, int heads) {
+  using R = QueryRegs<Cfg>;
+  R r;
+#pragma unroll
+  for (int it = 0; it < R::kItems; ++it) {
+    const int i = threadIdx.x + it * kThreads;
+    const int h = i / (R::kHalf / 2), d = 2 * (i % (R::kHalf / 2));
+    r.x[it] = r.y[it] = make_float2(0.0f, 0.0f);
+    if (i < Cfg::kHeads * R::kHalf / 2 && h < heads) {
+      const float* row = p.q + int64_t(head0 + h) * Cfg::kDim;
+      r.x[it] = *reinterpret_cast<const float2*>(row + d);
+      r.y[it] = *reinterpret_cast<const float2*>(row + R::kHalf + d);
+    }
+  }
+  return r;
+}
+
 template <class Cfg, bool kRope>
-__device__ __forceinline__ void StageQuery(const KernelParams& p, int64_t pos, int head0,
-                                           int heads, SharedStorage<Cfg>& sm) {
+__device__ __forceinline__ void StoreQuery(const KernelParams& p, int64_t pos,
+                                           const QueryRegs<Cfg>& r, SharedStorage<Cfg>& sm) {
+  using R = QueryRegs<Cfg>;
   if constexpr (kRope) {
     for (int i = threadIdx.x; i < Cfg::kDim / 2; i += kThreads) sm.inv_freq[i] = p.inv_freq[i];
   }
-  constexpr int kHalf = Cfg::kDim / 2;
-#pragma unroll 1
-  for (int i = threadIdx.x; i < Cfg::kHeads * kHalf / 2; i += kThreads) {
-    const int h = i / (kHalf / 2), d = 2 * (i % (kHalf / 2));  // dims d, d + 1 of each half
-    float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
-    if (h < heads) {
-      const float* row = p.q + int64_t(head0 + h) * Cfg::kDim;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        x[e] = row[d + e];
-        y[e] = row[kHalf + d + e];
-        if constexpr (kRope) {
-          float c, s;
-          RopeCosSin(double(pos), p.inv_freq[d + e], &c, &s);
-          const float x1 = x[e], x2 = y[e];
-          x[e] = x1 * c - x2 * s;
-          y[e] = x2 * c + x1 * s;
-        }
-        x[e] *= kLog2e;
-        y[e] *= kLog2e;
+  for (int it = 0; it < R::kItems; ++it) {
+    const int i = threadIdx.x + it * kThreads;
+    if (i >= Cfg::kHeads * R::kHalf / 2) break;
+    const int h = i / (R::kHalf / 2), d = 2 * (i % (R::kHalf / 2));
+    float x[2] = {r.x[it].x, r.x[it].y}, y[2] = {r.y[it].x, r.y[it].y};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if constexpr (kRope) {
+        float c, s;
+        RopeCosSin(double(pos), p.inv_freq[d + e], &c, &s);
+        const float x1 = x[e], x2 = y[e];
+        x[e] = x1 * c - x2 * s;
+        y[e] = x2 * c + x1 * s;
       }
+      x[e] *= kLog2e;
+      y[e] *= kLog2e;
     }
     uint32_t hi, lo;
     Split2<Cfg::kBf16>(x[0], x[1], &hi, &lo);
     *reinterpret_cast<uint32_t*>(&sm.tile.q[0][h][2 * d]) = hi;
     *reinterpret_cast<uint32_t*>(&sm.tile.q[1][h][2 * d]) = lo;
     Split2<Cfg::kBf16>(y[0], y[1], &hi, &lo);
-    *reinterpret_cast<uint32_t*>(&sm.tile.q[0][h][2 * (kHalf + d)]) = hi;
-    *reinterpret_cast<uint32_t*>(&sm.tile.q[1][h][2 * (kHalf + d)]) = lo;
+    *reinterpret_cast<uint32_t*>(&sm.tile.q[0][h][2 * (R::kHalf + d)]) = hi;
+    *reinterpret_cast<uint32_t*>(&sm.tile.q[1][h][2 * (R::kHalf + d)]) = lo;
   }
 }
 
@@ -353,20 +377,39 @@ __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBl
   extern __shared__ __align__(16) uint8_t smem_raw[];
   auto& sm = *reinterpret_cast<SharedStorage<Cfg>*>(smem_raw);
   uint8_t* const k_lo = smem_raw + sizeof(SharedStorage<Cfg>);  // RoPE launches only
+  Stamp(p, kTraceStartNs);
+  Stamp(p, kTraceStart);
+  AllowDependents();
   const int heads = p.heads_per_block;
   const int head0 = blockIdx.y * heads;
   const int kv_head = head0 / p.group;
+  const QueryRegs<Cfg> qr = LoadQuery<Cfg>(p, head0, heads);  // in flight with the scalars
 
+  // Sparse launches with split_keys: the first entries' selected blocks are loaded together
+  // with the step scalars, for the split's range when the key list fits and starts with the full
+  // sink (every step but those of a context shorter than sink + window).
+  const bool speculate = p.split_keys > 0 && p.max_blocks > 0 && !p.dense;
+  const int64_t spec_begin = int64_t(blockIdx.x) * p.split_keys;
+  int64_t spec_block = -1;
+  if (speculate && threadIdx.x < kStages * Cfg::kTile) {
+    const int64_t slot = spec_begin + threadIdx.x - p.sink_tokens;
+    if (slot >= 0 && (slot >> 3) < p.max_blocks) spec_block = __ldg(p.blocks + (slot >> 3));
+  }
   const KeySpace ks = LoadKeySpace(p);
   int64_t begin, end;
-  SplitRange(ks.total, blockIdx.x, p.num_splits, &begin, &end);
+  SplitRange(ks.total, blockIdx.x, p.num_splits, &begin, &end, speculate ? p.split_keys : 0);
   const int tiles = int((end - begin + Cfg::kTile - 1) / Cfg::kTile);
+  Stamp(p, kTraceKeySpace, tiles);
+  StoreQuery<Cfg, kRope>(p, ks.p, qr, sm);
   if (threadIdx.x < kStages * Cfg::kTile) {
     const int t = threadIdx.x / Cfg::kTile, key = threadIdx.x % Cfg::kTile;
-    StoreKeyRow<Cfg>(ResolveKey<Cfg>(p, ks, begin + threadIdx.x, end, kv_head), t, key, sm);
+    const bool hit = speculate && begin == spec_begin && ks.sink_end == p.sink_tokens;
+    StoreKeyRow<Cfg>(
+        ResolveKey<Cfg>(p, ks, begin + threadIdx.x, end, kv_head, hit ? spec_block : -1), t, key,
+        sm);
   }
-  StageQuery<Cfg, kRope>(p, ks.p, head0, heads, sm);
   __syncthreads();
+  Stamp(p, kTraceResolved);
 #pragma unroll 1
   for (int t = 0; t < kStages; ++t) {
     if (t < tiles) {
@@ -401,6 +444,7 @@ __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBl
     }
     WaitAsync<kStages - 1>();  // this thread's copies of tile t
     __syncthreads();           // everyone's
+    if (t == 0) Stamp(p, kTraceArrived);
     auto& raw = sm.ring[t % kStages];
     const int* pos = sm.tile.pos[t % 3];
     uint8_t* kt = Cfg::kFp8 ? sm.conv : raw.k;
@@ -426,10 +470,16 @@ __global__ void __launch_bounds__(kThreads, (MmaConfig<kStore, kHeadDim>::kMinBl
   }
   WaitAsync<0>();
   __syncthreads();  // the ring is reused below
+  Stamp(p, kTraceLoopEnd);
 
   StoreMmaState<Cfg>(st, sm);
   __syncthreads();
+  Stamp(p, kTraceStateEnd);
   FinishBlock<Cfg>(p, head0, heads, sm);
+  Stamp(p, kTraceEnd);
+  Stamp(p, kTraceEndNs);
+  StampValue(p, kTraceSm, SmId());
+  StampValue(p, kTraceTiles, tiles);
 }
 
 }  // namespace ihip::engine::cuda::decode_attention

@@ -68,24 +68,19 @@ struct SharedStorage<MmaConfig<kStore, kHeadDim>> {
   union {
     Tile ring[kStages];
     float cta_acc[kWarps][Cfg::kHeads][Cfg::kDim];  // per-warp accumulators, rescaled to run_m
-  };  // the merge reuses the ring for the partial accumulators of a round of splits
-  alignas(16) uint8_t conv[Cfg::kConvBytes];  // fp8: the tile's K then V as 16-bit rows
-  union {
-    struct {
-      alignas(16) uint8_t q[2][Cfg::kHeads][Cfg::kQRowBytes];  // hi, lo pieces of q * log2(e)
-      int pos[3][Cfg::kTile];  // RoPE position per entry, -1: masked (slot = tile % 3)
-      const uint8_t* src[kStages][Cfg::kTile];  // K row per entry, null: masked (tile % kStages)
-    } tile;  // (within the merge's scales for D <= 128: no extra shared memory)
-    float merge_scale[Cfg::kHeads][kMaxSplits];
   };
+  alignas(16) uint8_t conv[Cfg::kConvBytes];  // fp8: the tile's K then V as 16-bit rows
+  struct {
+    alignas(16) uint8_t q[2][Cfg::kHeads][Cfg::kQRowBytes];  // hi, lo pieces of q * log2(e)
+    int pos[3][Cfg::kTile];  // RoPE position per entry, -1: masked (slot = tile % 3)
+    const uint8_t* src[kStages][Cfg::kTile];  // K row per entry, null: masked (tile % kStages)
+  } tile;
   double inv_freq[Cfg::kDim / 2];
   float warp_m[kWarps][Cfg::kHeads];
   float warp_l[kWarps][Cfg::kHeads];
   float run_m[Cfg::kHeads];
   float run_l[Cfg::kHeads];
-  int is_last;
 
-  static constexpr int kRingBytes = int(sizeof(ring));
 };
 
 // ---- Fragments ----

@@ -295,9 +295,10 @@ DecodeAttentionParams MakeParams(const TestKv& kv, const Query& qr, const Device
 }
 
 // Runs the kernel with `splits` splits (0: the plan's, made for `plan_keys` keys, or for the
-// query's own key count when plan_keys < 0) on NaN-poisoned outputs.
+// query's own key count when plan_keys < 0) on NaN-poisoned outputs. Sparse launches pass the
+// plan's split_keys and the blocks' capacity as the engine does (`speculate`), or neither.
 void RunGpu(const TestKv& kv, const Query& qr, const DeviceQuery& dq, DType out_dtype, int splits,
-            DeviceArena& arena, GpuResult* res, int64_t plan_keys = -1) {
+            DeviceArena& arena, GpuResult* res, int64_t plan_keys = -1, bool speculate = true) {
   const int D = kv.geo.head_dim;
   DecodeAttentionPlan plan;
   const int64_t max_keys = plan_keys >= 0 ? plan_keys : CountKeys(qr.Runs());
@@ -307,13 +308,16 @@ void RunGpu(const TestKv& kv, const Query& qr, const DeviceQuery& dq, DType out_
   if (splits == 0) splits = plan.num_splits;
   const size_t ws_bytes = DecodeAttentionWorkspaceBytes(qr.num_q_heads, D, splits);
   void* ws = arena.Alloc(ws_bytes);
-  IHIP_CUDA_ASSERT(InitDecodeAttentionWorkspace(ws, ws_bytes, nullptr));
   const size_t n = qr.q.size();
   void* out = arena.Alloc(n * DTypeSize(out_dtype));
   auto* lse = static_cast<float*>(arena.Alloc(qr.num_q_heads * sizeof(float)));
   IHIP_CUDA_ASSERT(cudaMemset(out, 0xff, n * DTypeSize(out_dtype)));  // NaN in every dtype
   IHIP_CUDA_ASSERT(cudaMemset(lse, 0xff, qr.num_q_heads * sizeof(float)));
-  const DecodeAttentionParams p = MakeParams(kv, qr, dq, ToElem(out_dtype), out, lse, ws, splits);
+  DecodeAttentionParams p = MakeParams(kv, qr, dq, ToElem(out_dtype), out, lse, ws, splits);
+  if (!qr.dense && speculate) {
+    p.split_keys = plan.split_keys;  // made for the plan's split count: others fall back
+    p.max_blocks = dq.block_capacity;
+  }
   IHIP_CUDA_ASSERT(LaunchDecodeAttention(p, nullptr));
   IHIP_CUDA_ASSERT(cudaDeviceSynchronize());
   std::vector<std::byte> host(n * DTypeSize(out_dtype));
@@ -425,9 +429,11 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   UploadQuery(qr, rope.get(), arena, &dq);
   if (HasFatalFailure()) return;
 
-  GpuResult split, single;
+  GpuResult split, single, plain;
   RunGpu(kv, qr, dq, c.out_dtype, 0, arena, &split);
   RunGpu(kv, qr, dq, c.out_dtype, 1, arena, &single);
+  // Sparse without the speculative block loads (equal shares): the same function.
+  if (!c.dense) RunGpu(kv, qr, dq, c.out_dtype, 0, arena, &plain, -1, /*speculate=*/false);
   if (HasFatalFailure()) return;
   EXPECT_TRUE(AllFinite(split.out) && AllFinite(split.lse)) << "poisoned output left behind";
   EXPECT_TRUE(AllFinite(single.out) && AllFinite(single.lse)) << "poisoned output left behind";
@@ -436,6 +442,10 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   const double tol = c.out_dtype == DType::kF32 ? 2e-3 : 1e-2;
   EXPECT_LT(engine::testing::RelativeL2(split.out, ref), tol);
   EXPECT_LT(engine::testing::RelativeL2(single.out, ref), tol);
+  if (!c.dense) {
+    EXPECT_TRUE(AllFinite(plain.out) && AllFinite(plain.lse)) << "poisoned output left behind";
+    EXPECT_LT(engine::testing::RelativeL2(plain.out, ref), tol);
+  }
   // Split-K against one split: fp32 rounding (plus one output rounding in 16-bit dtypes).
   EXPECT_LT(engine::testing::RelativeL2(split.out, single.out),
             c.out_dtype == DType::kF32 ? 1e-5 : 8e-3);
@@ -595,6 +605,39 @@ TEST(DecodeAttentionSparseTest, NoBlocksAndFullCapacity) {
   }
 }
 
+// ---- Sparse on a context shorter than sink + window: the sink ends where the window starts ----
+
+// The speculative block loads assume the list starts with the full sink; here it does not (the
+// window reaches below the sink end), so the kernel must take its other path.
+TEST(DecodeAttentionSparseTest, ShortContextSinkInsideWindow) {
+  IHIP_REQUIRE_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  Random rng(seed);
+  DeviceArena arena;
+  const int D = 128, hq = 32, hkv = 8;
+  const int64_t p = rng.Uniform(300, 1200);
+  TestKv kv;
+  BuildKv(p + 1, hkv, D, DType::kBF16, 64, seed, arena, &kv);
+  if (HasFatalFailure()) return;
+  Query qr = MakeQuery(rng, hq, D, p);
+  qr.dense = false;
+  qr.sink = 256;
+  qr.window = 1024;
+  qr.anchor = p - rng.Uniform(0, 40);
+  qr.blocks = MakeBlocks(rng, p, qr.anchor, qr.sink, qr.window, 20);
+  ASSERT_LT(std::max<int64_t>(0, qr.anchor - qr.window + 1), qr.sink);
+  DeviceQuery dq;
+  UploadQuery(qr, nullptr, arena, &dq);
+  if (HasFatalFailure()) return;
+  const int64_t plan_keys = 256 + 8 * 64 + 1024 + 8;  // a layer's plan, not this step's count
+  GpuResult split;
+  RunGpu(kv, qr, dq, DType::kF32, 0, arena, &split, plan_keys);
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(AllFinite(split.out) && AllFinite(split.lse)) << "poisoned output left behind";
+  EXPECT_LT(engine::testing::RelativeL2(split.out, CpuAttention(kv, nullptr, qr)), 2e-3);
+}
+
 // ---- Graph replay with new step scalars and blocks equals an eager launch ----
 
 TEST(DecodeAttentionGraphTest, ReplayWithNewValuesEqualsEager) {
@@ -631,7 +674,6 @@ TEST(DecodeAttentionGraphTest, ReplayWithNewValuesEqualsEager) {
   ASSERT_EQ(PlanDecodeAttention(hq, hkv, D, ElemType::kBF16, 256 + 8 * 512 + 1024, NumSms(), &plan),
             cudaSuccess);
   void* ws = arena.Alloc(plan.workspace_bytes);
-  IHIP_CUDA_ASSERT(InitDecodeAttentionWorkspace(ws, plan.workspace_bytes, nullptr));
   const size_t n = q1.q.size();
   auto* out_graph = static_cast<float*>(arena.Alloc(n * sizeof(float)));
   auto* out_eager = static_cast<float*>(arena.Alloc(n * sizeof(float)));
@@ -651,7 +693,7 @@ TEST(DecodeAttentionGraphTest, ReplayWithNewValuesEqualsEager) {
     EXPECT_EQ(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
     return h;
   };
-  for (const Query* qr : {&q1, &q2, &q2}) {  // the repeat checks the merge counters reset
+  for (const Query* qr : {&q1, &q2, &q2}) {  // the repeat: a replay leaves nothing behind
     UploadQuery(*qr, rope.get(), arena, &dq);
     IHIP_CUDA_ASSERT(cudaMemset(out_graph, 0xff, n * sizeof(float)));
     IHIP_CUDA_ASSERT(cudaDeviceSynchronize());  // `stream` does not wait for the legacy stream
