@@ -160,6 +160,7 @@ struct DecodeItem {
   cu::StepScalars* step = nullptr;
   int64_t* pos = nullptr;
   unsigned long long* trace = nullptr;  // --trace: the sparse launches' phase timestamps
+  int64_t sparse_max_keys = 0;          // the sparse plan's key bound
 
   DecodeItem(const GpuKv* k, const LayerConfig& cfg, const std::vector<float>& q_host, int sms)
       : kv(k) {
@@ -177,6 +178,7 @@ struct DecodeItem {
     prune_ws = DeviceAlloc<uint8_t>(plan.workspace_bytes);
     const int64_t sparse_keys = cfg.sink_tokens + 8 * int64_t(plan.block_capacity) +
                                 cfg.window_tokens + 8;
+    sparse_max_keys = sparse_keys;
     CHECK_CUDA(cu::PlanDecodeAttention(kHq, kHkv, kD, cu::ElemType::kBF16, sparse_keys, sms,
                                        &sparse_plan));
     CHECK_CUDA(cu::PlanDecodeAttention(kHq, kHkv, kD, cu::ElemType::kBF16, p + 1, sms,
@@ -228,7 +230,10 @@ struct DecodeItem {
     if (!ap.dense) {
       ap.trace = trace;
       if (absl::GetFlag(FLAGS_speculate)) {
-        ap.split_keys = sparse_plan.split_keys;
+        // The plan's shares, or equal shares of the plan's key bound over --sparse_splits.
+        ap.split_keys = ap.num_splits == sparse_plan.num_splits
+                            ? sparse_plan.split_keys
+                            : (sparse_max_keys + ap.num_splits - 1) / ap.num_splits / 8 * 8 + 8;
         ap.max_blocks = mask.block_capacity;
       }
     }
@@ -380,7 +385,7 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     for (int b = 0; b < counts[i]; ++b) {
       std::array<double, 16> r;
       for (int k = 0; k < 16; ++k) r[k] = double(t[size_t(b) * slots + k]);
-      rows.push_back(r);
+      if (r[0] > 0) rows.push_back(r);  // (blocks of a launch with fewer splits than planned)
     }
   }
   if (rows.empty() || rows[0][0] == 0) {
