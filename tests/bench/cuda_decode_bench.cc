@@ -351,7 +351,8 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
   const int slots = cu::kDecodeTraceSlots;
   std::vector<int> counts;
   for (auto& it : items) {
-    const int blocks = it->sparse_plan.num_splits * (kHq / it->sparse_plan.heads_per_block);
+    // The attention grid's blocks, then the merge kernel's (one per query head).
+    const int blocks = it->sparse_plan.num_splits * (kHq / it->sparse_plan.heads_per_block) + kHq;
     counts.push_back(blocks);
     it->trace = DeviceAlloc<unsigned long long>(size_t(blocks) * slots);
   }
@@ -377,6 +378,8 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     CHECK_CUDA(cudaEventElapsedTime(&ms, timer.start, timer.stop));
   }
   std::vector<std::array<double, 16>> rows;
+  // Per item: the last attention block's end, the merge blocks' first start and last end (ns).
+  std::vector<double> merge_wait, merge_span;
   for (size_t i = 0; i < items.size(); ++i) {
     std::vector<unsigned long long> t(size_t(counts[i]) * slots);
     CHECK_CUDA(cudaMemcpy(t.data(), items[i]->trace, t.size() * 8, cudaMemcpyDeviceToHost));
@@ -385,7 +388,21 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     for (int b = 0; b < counts[i]; ++b) {
       std::array<double, 16> r;
       for (int k = 0; k < 16; ++k) r[k] = double(t[size_t(b) * slots + k]);
-      if (r[0] > 0) rows.push_back(r);  // (blocks of a launch with fewer splits than planned)
+      if (r[0] > 0 && r[14] == 0) rows.push_back(r);  // (a capped launch leaves rows empty)
+    }
+    double attn_end = 0, merge_start = 1e300, merge_end = 0;
+    for (int b = 0; b < counts[i]; ++b) {
+      const unsigned long long* r = &t[size_t(b) * slots];
+      if (r[0] == 0) continue;
+      if (r[14] == 0) attn_end = std::max(attn_end, double(r[10]));
+      if (r[14] == 1) {
+        merge_start = std::min(merge_start, double(r[0]));
+        merge_end = std::max(merge_end, double(r[10]));
+      }
+    }
+    if (merge_end > 0) {
+      merge_wait.push_back((merge_start - attn_end) / 1e3);
+      merge_span.push_back((merge_end - merge_start) / 1e3);
     }
   }
   if (rows.empty() || rows[0][0] == 0) {
@@ -445,6 +462,12 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     absl::StrAppendFormat(&hist, "%s%d", hist.empty() ? "" : " ", n);
   }
   std::printf("blocks running at each microsecond: %s\n", hist.c_str());
+  if (!merge_span.empty()) {
+    std::printf("merge kernel: its first block passes griddepcontrol.wait %.2f us after the "
+                "attention grid's last block ends (median over the batch); its blocks span "
+                "%.2f us\n",
+                Median(merge_wait), Median(merge_span));
+  }
 }
 
 double CopyBandwidthGBs(Timer& timer) {

@@ -67,6 +67,7 @@ enum TraceSlot : int {
   kTraceEndNs = 10,    // globaltimer at block end
   kTraceSm = 12,
   kTraceTiles = 13,
+  kTraceMerge = 14,    // 1 in the merge kernel's rows
 };
 
 // Compiled in only with -DIHIP_DECODE_TRACE (CMake option IHIP_DECODE_TRACE, experiment builds):
@@ -100,7 +101,20 @@ __device__ __forceinline__ unsigned SmId() {
   asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
   return id;
 }
+
+// The merge kernel's blocks (one per query head) record after the attention grid's rows:
+// globaltimer in kTraceStartNs (after its wait) and kTraceEndNs, and kTraceMerge = 1.
+__device__ __forceinline__ void MergeStamp(const KernelParams& p, int slot) {
+  if (p.trace == nullptr || threadIdx.x != 0) return;
+  const uint64_t attention_blocks = uint64_t(p.num_splits) * (p.num_q_heads / p.heads_per_block);
+  unsigned long long* row = p.trace + (attention_blocks + blockIdx.x) * 16;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  row[slot] = t;
+  row[kTraceMerge] = 1;
+}
 #else
+__device__ __forceinline__ void MergeStamp(const KernelParams&, int) {}
 __device__ __forceinline__ void Stamp(const KernelParams&, int, long long = 0) {}
 __device__ __forceinline__ void StampValue(const KernelParams&, int, unsigned long long) {}
 __device__ __forceinline__ unsigned SmId() { return 0; }

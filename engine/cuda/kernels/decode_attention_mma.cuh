@@ -230,16 +230,16 @@ struct MmaState {
 };
 
 // S^T of the warp's 16 keys: c0, c1 = key lane / 4, c2, c3 = key lane / 4 + 8 (heads 2t, 2t+1).
-// The hi x hi products and the lo corrections accumulate in two independent MMA chains.
+// The hi x hi products and the lo corrections accumulate in independent MMA chains, each split
+// over even and odd k-steps (4 chains of kSteps / 2: the MMA's latency, not its issue, bounds a
+// tile's scoring).
 template <class Cfg, bool kRope>
 __device__ __forceinline__ void ScoreKeys(const SharedStorage<Cfg>& sm, const uint8_t* kt,
                                           const uint8_t* klo, const uint32_t (*qf)[4],
                                           float (&s)[4]) {
   const int lane = threadIdx.x % 32, j = lane / 8;
   const int row = (threadIdx.x / 32) * 16 + (j & 1) * 8 + lane % 8;
-  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) s[i] = 0.0f;
+  float acc[4][4] = {};  // hi even, hi odd, lo even, lo odd
 #pragma unroll
   for (int kk = 0; kk < Cfg::kSteps; ++kk) {
     uint32_t q[4];
@@ -252,15 +252,15 @@ __device__ __forceinline__ void ScoreKeys(const SharedStorage<Cfg>& sm, const ui
     const int off = Swizzled<Cfg>(row, 2 * kk + (j >> 1));
     uint32_t a[4];
     LdMatrixX4(a, SmemAddr(kt + off));
-    Mma<Cfg::kBf16>(s, a, q[0], q[1]);
-    Mma<Cfg::kBf16>(c, a, q[2], q[3]);
+    Mma<Cfg::kBf16>(acc[kk & 1], a, q[0], q[1]);
+    Mma<Cfg::kBf16>(acc[2 + (kk & 1)], a, q[2], q[3]);
     if constexpr (kRope) {
       LdMatrixX4(a, SmemAddr(klo + off));
-      Mma<Cfg::kBf16>(c, a, q[0], q[1]);
+      Mma<Cfg::kBf16>(acc[2 + (kk & 1)], a, q[0], q[1]);
     }
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) s[i] += c[i];
+  for (int i = 0; i < 4; ++i) s[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
 }
 
 template <class Cfg, bool kRope, bool kPrecise>

@@ -67,7 +67,9 @@ struct SharedStorage<MmaConfig<kStore, kHeadDim>> {
   };
   union {
     Tile ring[kStages];
-    float cta_acc[kWarps][Cfg::kHeads][Cfg::kDim];  // per-warp accumulators, rescaled to run_m
+    // Per-warp accumulators, rescaled to run_m; rows padded by 4 floats so that the warps'
+    // fragment stores (8 dims x 4 head pairs per instruction) hit 32 distinct banks.
+    float cta_acc[kWarps][Cfg::kHeads][Cfg::kDim + 4];
   };
   alignas(16) uint8_t conv[Cfg::kConvBytes];  // fp8: the tile's K then V as 16-bit rows
   struct {
