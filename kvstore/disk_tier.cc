@@ -124,6 +124,10 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
   // cores (a flush waiting for the disk leaves its core idle).
   const int flushes = std::max(2, jobs / 2);
   r.max_background_flushes = flushes;
+  // Set explicitly: with only the flushes set, RocksDB 7.8 leaves compactions at 1 thread. The
+  // compactions move only keys (the values are in blob files), but with the write slowdowns off
+  // (below) they are what keeps L0 under its stop trigger.
+  r.max_background_compactions = std::max(1, jobs - flushes);
   // A flush needs an immutable memtable: spills arrive in bursts of many MiB, so writes go on
   // into further memtables while the full ones are written, one flush thread each (2 more than
   // the flush threads: one taking writes, one filling while all flushes run).
@@ -133,8 +137,10 @@ rocksdb::Options MakeRocksOptions(const DiskTierOptions& o, bool direct_io) {
   // default) once only one memtable is left, which is what a spill burst hits on every memtable
   // (the RocksDB LOG said "Stalling writes because we have 3 immutable memtables"; the stall took
   // two thirds of a spill's time). A spill should rather wait until a flush frees a memtable
-  // (the stop at max_write_buffer_number), so the throttle is set above any disk's rate; the L0
-  // stop trigger still protects the tree (its SSTs hold only keys, compactions keep up).
+  // (the stop at max_write_buffer_number), so the throttle is set above any disk's rate. That
+  // also turns off the L0 and pending-compaction slowdowns: only their hard stops remain (36 L0
+  // files, 256 GB pending), which the compaction threads above keep far away (L0 SSTs hold
+  // only keys).
   r.delayed_write_rate = uint64_t(64) << 30;
   // Larger writes per request (the default 1 MiB buffer makes the blob writes small).
   r.writable_file_max_buffer_size = 8 << 20;
@@ -413,6 +419,13 @@ std::map<std::string, uint64_t> DiskTier::Statistics() const {
     if (impl_->db->GetIntProperty(property, &value)) out[property] = value;
   }
   out["ihip.direct_io"] = impl_->direct_io ? 1 : 0;
+  // The configuration RocksDB runs with (defaults resolved), for operators and tests.
+  const rocksdb::Options o = impl_->db->GetOptions();
+  out["ihip.memtables"] = uint64_t(std::max(0, o.max_write_buffer_number));
+  out["ihip.memtable_bytes"] = o.write_buffer_size;
+  out["ihip.flush_threads"] = uint64_t(std::max(0, o.max_background_flushes));
+  out["ihip.compaction_threads"] = uint64_t(std::max(0, o.max_background_compactions));
+  out["ihip.delayed_write_rate"] = o.delayed_write_rate;
   return out;
 }
 

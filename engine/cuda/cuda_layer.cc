@@ -205,8 +205,12 @@ absl::Status CudaLayer::EnsureDecode(const LayerConfig& cfg, int64_t kv_length) 
   if (plan == decode_plan_) return absl::OkStatus();
   decode_plan_ = plan;
   DropGraphs();
-  const int64_t max_keys =
-      int64_t(cfg.sink_tokens) + 8 * int64_t(plan->block_capacity) + cfg.window_tokens + 8;
+  // The window reaches back to the anchor's window (engine/hip/mask.h): between stage-1 refreshes
+  // a step attends up to refresh_interval more keys than at the refresh. Planning for them keeps
+  // the attention's fixed shares (and its speculative block loads) on every such step.
+  const int64_t lag = cfg.stages.empty() ? 0 : std::max(0, cfg.stages[0].refresh_interval);
+  const int64_t max_keys = int64_t(cfg.sink_tokens) + 8 * int64_t(plan->block_capacity) +
+                           cfg.window_tokens + std::max<int64_t>(8, lag);
   IHIP_CUDA_RETURN_IF_ERROR(PlanDecodeAttention(model_.num_q_heads, model_.num_kv_heads,
                                                 model_.head_dim, ElemType(int(geometry_.dtype)),
                                                 max_keys, ctx_->num_sms(), &attn_plan_));

@@ -14,6 +14,7 @@
 // times the SMs), every block streaming its share through the tile ring.
 
 #include <algorithm>
+#include <cstdint>
 
 #include "engine/cuda/decode_attention.h"
 #include "engine/cuda/kernels/decode_attention.cuh"
@@ -171,6 +172,7 @@ cudaError_t BuildKernelParams(const DecodeAttentionParams& in, da::KernelParams*
                       in.out_dtype == ElemType::kBF16;
   if (!ValidShape(in.num_q_heads, kv.kv_heads, kv.head_dim) || !out_ok || kv.pages == nullptr ||
       kv.page_tokens <= 0 || kv.page_tokens % 8 != 0 || in.step == nullptr || in.q == nullptr ||
+      reinterpret_cast<uintptr_t>(in.q) % 8 != 0 ||
       in.out == nullptr || in.num_splits < 1 || in.num_splits > da::kMaxSplits ||
       (in.num_splits > 1 && in.workspace == nullptr) ||
       (!in.dense && (in.blocks == nullptr || in.num_blocks == nullptr || in.sink_tokens < 0 ||

@@ -28,8 +28,8 @@ namespace ihip::engine::cuda {
 struct DecodeAttentionParams {
   DeviceKv kv;                        // keys [0, p] readable through the block table (pre-RoPE)
   const StepScalars* step = nullptr;  // device; reads `position` (p) and `anchor` (sparse)
-  const float* q = nullptr;           // device [Hq][D] fp32, softmax scale folded in; pre-RoPE in
-                                      // extend mode (rotated at p by the kernel)
+  const float* q = nullptr;           // device [Hq][D] fp32, 8-byte aligned, softmax scale folded
+                                      // in; pre-RoPE in extend mode (rotated at p by the kernel)
   int num_q_heads = 32;               // Hq; a multiple of kv.kv_heads
   bool dense = true;                  // true: keys [0, p]; false: SparseRuns(p, anchor, blocks)
   const int64_t* blocks = nullptr;    // sparse: device [*num_blocks] ascending 8-token blocks

@@ -37,11 +37,12 @@ ABSL_FLAG(bool, durable, false,
           "serves the same sequences (needs --rocksdb_path)");
 ABSL_FLAG(bool, sync_writes, false, "fsync RocksDB writes (survive power loss, slower)");
 ABSL_FLAG(int, rocksdb_background_jobs, 0,
-          "RocksDB flush + compaction threads, half of them flushing (0 = one per hardware "
-          "thread, 2..16); a spill's rate scales with the flush threads");
+          "RocksDB background threads (0 = one per hardware thread, 2..16): half flush (at "
+          "least 2), the rest compact (at least 1); a spill's rate scales with the flush threads");
 ABSL_FLAG(int, rocksdb_memtable_mib, 64, "RocksDB memtable size, MiB");
 ABSL_FLAG(int, rocksdb_memtables, 0,
-          "RocksDB memtables (0 = flush threads + 2); memory: memtables x memtable size");
+          "RocksDB memtables (0 = flush threads + 2); memory held: memtables x memtable size "
+          "(10 x 64 MiB on 16 cores)");
 ABSL_FLAG(double, high_watermark, 0.90, "pool share above which idle pages spill to disk");
 ABSL_FLAG(double, low_watermark, 0.80, "pool share spilling brings usage down to");
 ABSL_FLAG(std::string, grpc_address, "127.0.0.1:50052", "admin gRPC listen address");

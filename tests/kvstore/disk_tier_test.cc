@@ -348,6 +348,46 @@ TEST_F(DiskTierTest, OpenErrorsAreStatuses) {
   EXPECT_TRUE(DiskTier::Open(options_).ok());
 }
 
+// Flush() puts what the memtables hold into blob files before it returns (spill benchmarks time
+// until then); the pages read back the same.
+TEST_F(DiskTierTest, FlushWritesMemtablesToBlobFiles) {
+  options_.write_buffer_bytes = 64 << 20;  // nothing flushes on its own
+  OpenTier();
+  std::vector<std::vector<uint8_t>> pages;
+  std::vector<DiskTier::PageWrite> writes;
+  for (uint32_t i = 0; i < 4; ++i) pages.push_back(RandomBytes(64 << 10, Seed(PageKey{7, 0, i})));
+  for (uint32_t i = 0; i < 4; ++i) writes.push_back({PageKey{7, 0, i}, pages[i].data(), 64 << 10});
+  ASSERT_TRUE(tier_->Write(writes, 0, nullptr, /*write_ahead_log=*/false).ok());
+  EXPECT_EQ(tier_->Statistics()["rocksdb.num-blob-files"], 0u);
+  EXPECT_GE(tier_->Statistics()["rocksdb.cur-size-all-mem-tables"], 4u * (64 << 10));
+  ASSERT_TRUE(tier_->Flush().ok());
+  EXPECT_GE(tier_->Statistics()["rocksdb.num-blob-files"], 1u);
+  EXPECT_LT(tier_->Statistics()["rocksdb.cur-size-all-mem-tables"], 64u << 10);
+  for (uint32_t i = 0; i < 4; ++i) EXPECT_TRUE(HasPage(PageKey{7, 0, i}, 64 << 10)) << i;
+}
+
+// The options reach RocksDB: automatic memtables are the flush threads + 2, flushes half the
+// jobs (at least 2), compactions the rest (at least 1), and an explicit count is kept.
+TEST_F(DiskTierTest, ConfigurationReachesRocksDb) {
+  options_.background_jobs = 8;
+  options_.memtables = 0;
+  OpenTier();
+  std::map<std::string, uint64_t> st = tier_->Statistics();
+  EXPECT_EQ(st["ihip.flush_threads"], 4u);
+  EXPECT_EQ(st["ihip.compaction_threads"], 4u);
+  EXPECT_EQ(st["ihip.memtables"], 6u);
+  EXPECT_EQ(st["ihip.memtable_bytes"], options_.write_buffer_bytes);
+  EXPECT_GE(st["ihip.delayed_write_rate"], uint64_t(1) << 30);
+  tier_.reset();
+  options_.background_jobs = 2;
+  options_.memtables = 3;
+  OpenTier();
+  st = tier_->Statistics();
+  EXPECT_EQ(st["ihip.flush_threads"], 2u);
+  EXPECT_EQ(st["ihip.compaction_threads"], 1u);
+  EXPECT_EQ(st["ihip.memtables"], 3u);
+}
+
 TEST_F(DiskTierTest, SecondOpenOfSamePathFails) {
   OpenTier();
   auto second = DiskTier::Open(options_);  // RocksDB's LOCK file is held by the first

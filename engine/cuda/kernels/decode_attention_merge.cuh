@@ -161,6 +161,7 @@ __global__ void __launch_bounds__(kThreads) MergeSplitsKernel(const __grid_const
   constexpr int kPer = (kDim + kThreads - 1) / kThreads;  // dims per thread
   constexpr int kChunk = kMergeChunk;
   constexpr int kMlPer = kMaxSplits / kThreads;           // (m, l) pairs per thread
+  static_assert(kMaxSplits % kThreads == 0);
   __shared__ float scale[kMaxSplits];
   __shared__ float warp_red[kWarps];
   asm volatile("griddepcontrol.wait;" ::: "memory");  // the attention grid's partials

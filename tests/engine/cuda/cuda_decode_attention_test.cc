@@ -607,8 +607,9 @@ TEST(DecodeAttentionSparseTest, NoBlocksAndFullCapacity) {
 
 // ---- Sparse on a context shorter than sink + window: the sink ends where the window starts ----
 
-// The speculative block loads assume the list starts with the full sink; here it does not (the
-// window reaches below the sink end), so the kernel must take its other path.
+// Every selected entry is masked there (no token lies between the sink and the window), and the
+// plan, made for a layer's capacity, leaves most splits empty: their partials must merge as
+// nothing.
 TEST(DecodeAttentionSparseTest, ShortContextSinkInsideWindow) {
   IHIP_REQUIRE_GPU();
   const uint64_t seed = FreshSeed();
@@ -636,6 +637,40 @@ TEST(DecodeAttentionSparseTest, ShortContextSinkInsideWindow) {
   if (HasFatalFailure()) return;
   EXPECT_TRUE(AllFinite(split.out) && AllFinite(split.lse)) << "poisoned output left behind";
   EXPECT_LT(engine::testing::RelativeL2(split.out, CpuAttention(kv, nullptr, qr)), 2e-3);
+}
+
+// ---- A key list longer than the plan's fixed shares: equal shares, speculation refused ----
+
+// The plan is made for fewer keys than the step attends (as when the window outgrew the shares
+// between two stage-1 refreshes): every split but the first starts elsewhere than its speculated
+// entries, which it must not use.
+TEST(DecodeAttentionSparseTest, KeyListLongerThanThePlan) {
+  IHIP_REQUIRE_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  Random rng(seed);
+  DeviceArena arena;
+  const int D = 128, hq = 32, hkv = 8;
+  const int64_t p = 20000 + rng.Uniform(0, 999);
+  TestKv kv;
+  BuildKv(p + 1, hkv, D, DType::kBF16, 64, seed, arena, &kv);
+  if (HasFatalFailure()) return;
+  Query qr = MakeQuery(rng, hq, D, p);
+  qr.dense = false;
+  qr.anchor = p - 200 - rng.Uniform(0, 200);  // a window 200-400 keys longer than at the anchor
+  qr.blocks = MakeBlocks(rng, p, qr.anchor, qr.sink, qr.window, 300);
+  DeviceQuery dq;
+  UploadQuery(qr, nullptr, arena, &dq);
+  if (HasFatalFailure()) return;
+  const int64_t keys = CountKeys(qr.Runs());
+  // 400 keys short: more than the shares' rounding can make up (< 8 keys per split, <= 32 splits).
+  GpuResult split, plain;
+  RunGpu(kv, qr, dq, DType::kF32, 0, arena, &split, keys - 400);
+  RunGpu(kv, qr, dq, DType::kF32, 0, arena, &plain, keys - 400, /*speculate=*/false);
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(AllFinite(split.out) && AllFinite(split.lse)) << "poisoned output left behind";
+  EXPECT_LT(engine::testing::RelativeL2(split.out, CpuAttention(kv, nullptr, qr)), 2e-3);
+  EXPECT_LT(engine::testing::RelativeL2(split.out, plain.out), 1e-5);
 }
 
 // ---- Graph replay with new step scalars and blocks equals an eager launch ----
@@ -677,13 +712,21 @@ TEST(DecodeAttentionGraphTest, ReplayWithNewValuesEqualsEager) {
   const size_t n = q1.q.size();
   auto* out_graph = static_cast<float*>(arena.Alloc(n * sizeof(float)));
   auto* out_eager = static_cast<float*>(arena.Alloc(n * sizeof(float)));
+  // As the engine launches: fixed shares and speculative block loads (q2's longer window
+  // outgrows the plan's shares: the equal-shares fallback inside the same graph).
+  auto params = [&](const Query& qr, float* out) {
+    DecodeAttentionParams p = MakeParams(kv, qr, dq, ElemType::kF32, out, nullptr, ws,
+                                         plan.num_splits);
+    p.split_keys = plan.split_keys;
+    p.max_blocks = dq.block_capacity;
+    return p;
+  };
   cudaStream_t stream;
   IHIP_CUDA_ASSERT(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   IHIP_CUDA_ASSERT(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  const cudaError_t launch = LaunchDecodeAttention(
-      MakeParams(kv, q1, dq, ElemType::kF32, out_graph, nullptr, ws, plan.num_splits), stream);
+  const cudaError_t launch = LaunchDecodeAttention(params(q1, out_graph), stream);
   IHIP_CUDA_ASSERT(cudaStreamEndCapture(stream, &graph));
   IHIP_CUDA_ASSERT(launch);
   IHIP_CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
@@ -693,14 +736,13 @@ TEST(DecodeAttentionGraphTest, ReplayWithNewValuesEqualsEager) {
     EXPECT_EQ(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
     return h;
   };
-  for (const Query* qr : {&q1, &q2, &q2}) {  // the repeat: a replay leaves nothing behind
+  for (const Query* qr : {&q1, &q2, &q2}) {  // the repeat: replays are deterministic
     UploadQuery(*qr, rope.get(), arena, &dq);
     IHIP_CUDA_ASSERT(cudaMemset(out_graph, 0xff, n * sizeof(float)));
     IHIP_CUDA_ASSERT(cudaDeviceSynchronize());  // `stream` does not wait for the legacy stream
     IHIP_CUDA_ASSERT(cudaGraphLaunch(exec, stream));
     IHIP_CUDA_ASSERT(cudaStreamSynchronize(stream));
-    IHIP_CUDA_ASSERT(LaunchDecodeAttention(
-        MakeParams(kv, *qr, dq, ElemType::kF32, out_eager, nullptr, ws, plan.num_splits), stream));
+    IHIP_CUDA_ASSERT(LaunchDecodeAttention(params(*qr, out_eager), stream));
     IHIP_CUDA_ASSERT(cudaStreamSynchronize(stream));
     const std::vector<float> g = fetch(out_graph), e = fetch(out_eager);
     EXPECT_EQ(std::memcmp(g.data(), e.data(), n * sizeof(float)), 0) << "p " << qr->p;
