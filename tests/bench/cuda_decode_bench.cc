@@ -281,11 +281,10 @@ struct Timer {
     flush = DeviceAlloc<uint8_t>(flush_bytes);
   }
 
-  // Captures the items' variant as one graph (one branch per item).
-  cudaGraphExec_t Capture(const std::vector<const DecodeItem*>& items, int variant,
-                          const LayerConfig& cfg) {
+  // Enqueues the items' variant on the main stream: one branch (stream) per item, forked from
+  // and joined back into the main stream. Eager, or inside a capture.
+  void Enqueue(const std::vector<const DecodeItem*>& items, int variant, const LayerConfig& cfg) {
     cudaStream_t main = streams[0];
-    CHECK_CUDA(cudaStreamBeginCapture(main, cudaStreamCaptureModeThreadLocal));
     CHECK_CUDA(cudaEventRecord(fork[0], main));
     for (size_t i = 1; i < items.size(); ++i) CHECK_CUDA(cudaStreamWaitEvent(streams[i], fork[0]));
     for (size_t i = 0; i < items.size(); ++i) items[i]->Record(variant, cfg, streams[i]);
@@ -293,6 +292,14 @@ struct Timer {
       CHECK_CUDA(cudaEventRecord(fork[i], streams[i]));
       CHECK_CUDA(cudaStreamWaitEvent(main, fork[i]));
     }
+  }
+
+  // Captures the items' variant as one graph (one branch per item).
+  cudaGraphExec_t Capture(const std::vector<const DecodeItem*>& items, int variant,
+                          const LayerConfig& cfg) {
+    cudaStream_t main = streams[0];
+    CHECK_CUDA(cudaStreamBeginCapture(main, cudaStreamCaptureModeThreadLocal));
+    Enqueue(items, variant, cfg);
     cudaGraph_t g;
     CHECK_CUDA(cudaStreamEndCapture(main, &g));
     cudaGraphExec_t exec;
@@ -356,6 +363,8 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     counts.push_back(blocks);
     it->trace = DeviceAlloc<unsigned long long>(size_t(blocks) * slots);
   }
+  std::vector<const DecodeItem*> ptrs;
+  for (auto& it : items) ptrs.push_back(it.get());
   cudaStream_t main = timer.streams[0];
   float ms = 0;
   for (int rep = 0; rep < 5; ++rep) {
@@ -364,15 +373,7 @@ void TraceSparse(const std::vector<std::unique_ptr<DecodeItem>>& items, const La
     }
     CHECK_CUDA(cudaMemsetAsync(timer.flush, rep & 0xff, timer.flush_bytes, main));
     CHECK_CUDA(cudaEventRecord(timer.start, main));
-    CHECK_CUDA(cudaEventRecord(timer.fork[0], main));
-    for (size_t i = 1; i < items.size(); ++i) {
-      CHECK_CUDA(cudaStreamWaitEvent(timer.streams[i], timer.fork[0]));
-    }
-    for (size_t i = 0; i < items.size(); ++i) items[i]->Record(0, cfg, timer.streams[i]);
-    for (size_t i = 1; i < items.size(); ++i) {
-      CHECK_CUDA(cudaEventRecord(timer.fork[i], timer.streams[i]));
-      CHECK_CUDA(cudaStreamWaitEvent(main, timer.fork[i]));
-    }
+    timer.Enqueue(ptrs, 0, cfg);
     CHECK_CUDA(cudaEventRecord(timer.stop, main));
     CHECK_CUDA(cudaEventSynchronize(timer.stop));
     CHECK_CUDA(cudaEventElapsedTime(&ms, timer.start, timer.stop));
